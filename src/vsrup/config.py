@@ -1,0 +1,78 @@
+"""Frozen job configuration. No torch import here: the CLI builds these before anything heavy loads.
+
+Every default carries a comment saying where it comes from. The CLI's option defaults are read
+from these classes so the two never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SCALES = (2, 3, 4)
+AUDIO_MODES = ("copy", "aac", "none")
+DEINTERLACE_MODES = ("auto", "on", "off")
+COLOR_FIXES = ("adain", "wavelet", "none")
+FLOW_METHODS = ("dis", "raft")
+SCHEDULERS = ("ddim", "ddpm", "dpm++ 2m", "unipc", "euler")
+DEVICES_HELP = "auto|cpu|cuda|cuda:N|mps"
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """How the upscaled video is written."""
+
+    codec: str | None = None  # None: libx264 for 8-bit input, libx265 for >8-bit input
+    crf: int | None = None  # None: the encoder's own default (x264/x265: 23/28)
+    preset: str | None = None  # None: the encoder's own default ("medium" for x264/x265)
+    pix_fmt: str | None = None  # None: follows the input (8-bit 4:2:0 in, 8-bit 4:2:0 out; 10-bit in, 10-bit out)
+    audio: str = "copy"  # copy|aac|none; copy falls back to a re-encode, with a warning, where the container refuses
+    threads: int = 0  # encoder threads; 0 lets FFmpeg choose. Pin it for bit-identical re-runs across machines
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """The diffusion sampler, its tiles and its temporal mechanisms (ignored by `lanczos`)."""
+
+    # Sampler. Upscale-A-Video, the published video system on this backbone, samples the x4 upscaler
+    # with 30 DDIM steps, CFG 6 and its two prompts; we start from its settings.
+    steps: int = 30
+    guidance: float = 6.0  # classifier-free guidance scale; <= 1 disables it and halves the UNet cost
+    prompt: str = "best quality, extremely detailed"  # Upscale-A-Video's a_prompt
+    negative_prompt: str = "blur, worst quality"  # Upscale-A-Video's n_prompt
+    noise_level: int = 20  # low-res noise augmentation 0..350; 20 is diffusers' and the model card's default
+    scheduler: str = "ddim"  # the model's own scheduler (scheduler_config.json of the Hub repo)
+    seed: int = 0  # frame i draws its noise from torch.Generator().manual_seed(seed + i)
+
+    # Tiles (latent pixels; for the x4 model the latent grid is the low-resolution grid).
+    tile: int | None = None  # None = auto from free memory (128, the training size, when it fits); 0 = no tiling
+    tile_overlap: int = 32  # 25% of a 128 tile: seams blend out at 1.8x the untiled cost (50% would be 4x)
+    batch: int | None = None  # tiles per UNet call; None = from free memory
+
+    # Temporal consistency.
+    flow: str = "dis"  # dis (OpenCV, no weights) | raft (torchvision, optional)
+    motion_guidance: float = 0.5  # fraction of the masked warping gap closed per guided step; 0 disables
+    guidance_window: tuple[float, float] = (0.0, 0.9)  # fractions of the schedule where motion guidance acts
+    propagation_steps: tuple[int, ...] = ()  # loop indices where latents are propagated along the flow (UAV)
+    clip_len: int = 8  # frames sampled together; Upscale-A-Video's temporal window
+    clip_overlap: int = 2  # frames shared (and cross-faded) by neighbouring clips; UAV's window stride is 6 of 8
+    scene_threshold: float = 0.3  # scene-cut sensitivity; 0 disables cut detection
+    color_fix: str = "adain"  # adain|wavelet|none: match colours to the bicubic-upscaled input
+
+
+@dataclass(frozen=True)
+class UpscaleConfig:
+    """One `vsrup upscale` or `vsrup frames` job."""
+
+    scale: int = 4  # 2, 3 or 4; the output is exactly scale x the input size
+    model: str = "sd-x4"  # short name, Hub repo id, or a local diffusers folder; `lanczos` is the non-neural preview
+    revision: str | None = None  # Hub revision to pin (branch, tag or commit)
+    device: str = "auto"  # auto|cpu|cuda|cuda:N|mps
+    dtype: str = "auto"  # auto: bf16 on CUDA where supported, else fp16; fp32 on CPU
+    frames: tuple[int, int | None] | None = None  # [start, end) in decoded-frame indices; None = all
+    deinterlace: str = "auto"  # auto: deinterlace when the decoder flags interlaced frames
+    allow_partial: bool = False  # corrupt or truncated input: write what decoded, with a warning, instead of failing
+    overwrite: bool = False  # replace an existing output
+    skip_existing: bool = False  # leave an existing output alone and report it as skipped
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
