@@ -1,0 +1,3 @@
+from vsrup.cli import main
+
+main()

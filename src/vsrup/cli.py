@@ -1,0 +1,451 @@
+"""The command line: Typer options -> a frozen UpscaleConfig -> one library call.
+
+Importing this module must not import torch (the CLI answers --help and usage errors at once).
+Exit codes: 0 success, 1 runtime error, 2 usage error, 65 bad input data, 74 output I/O error,
+130 SIGINT, 143 SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vsrup import __version__
+from vsrup.config import (
+    AUDIO_MODES,
+    COLOR_FIXES,
+    DEINTERLACE_MODES,
+    DTYPES,
+    FLOW_METHODS,
+    SCALES,
+    SCHEDULERS,
+    EncodeConfig,
+    SampleConfig,
+    UpscaleConfig,
+)
+from vsrup.errors import EXIT_SIGINT, EXIT_USAGE, VsrupError
+from vsrup.events import Event
+
+EXIT_CODES_HELP = "Exit codes: 0 ok, 1 runtime error, 2 usage error, 65 bad input data, 74 output I/O error, 130 SIGINT, 143 SIGTERM."
+
+app = typer.Typer(
+    name="vsrup",
+    help=f"Video super-resolution with flow-guided latent diffusion. {EXIT_CODES_HELP}",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+E, S = EncodeConfig(), SampleConfig()
+D = UpscaleConfig()
+MODEL = "Model (see `--model`)"
+ENC = "Encoding"
+SAMPLER = "Diffusion sampler"
+TEMPORAL = "Temporal consistency"
+OUT = "Output and batch behaviour"
+
+
+# ---------------------------------------------------------------- parsing helpers
+
+
+def parse_span(text: str | None, name: str, kind=int):
+    """'A:B' -> (A, B); 'A:' -> (A, None) for frame spans."""
+    if text is None:
+        return None
+    try:
+        a, b = text.split(":")
+        first = kind(a) if a else kind(0)
+        second = kind(b) if b else None
+    except ValueError:
+        raise typer.BadParameter(f"expected START:END, got {text!r}", param_hint=name) from None
+    if first < 0 or (second is not None and second <= first):
+        raise typer.BadParameter(f"need 0 <= START < END, got {text!r}", param_hint=name)
+    return first, second
+
+
+def parse_tile(text: str) -> int | None:
+    if text == "auto":
+        return None
+    if not text.isdigit():
+        raise typer.BadParameter(f"expected 'auto' or a number of latent pixels, got {text!r}", param_hint="--tile")
+    return int(text)
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated step indices, got {text!r}", param_hint="--propagation-steps") from None
+
+
+def choice(value: str, allowed: tuple[str, ...], name: str) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=name)
+    return value
+
+
+# ---------------------------------------------------------------- rendering events
+
+
+class Reporter:
+    """Renders library events: Rich progress on stderr, or JSON lines on stdout with --log-json."""
+
+    def __init__(self, *, quiet: bool = False, log_json: bool = False):
+        from rich.console import Console
+
+        self.quiet, self.log_json = quiet, log_json
+        self.err = Console(stderr=True)
+        self.progress = None
+        self.task = None
+
+    def __call__(self, event: Event) -> None:
+        if self.log_json:
+            record = {"event": event.kind, "path": event.path, "message": event.message, "done": event.done, "total": event.total}
+            print(json.dumps({**record, **event.data, "time": round(time.time(), 3)}), flush=True)
+            return
+        if event.kind == "error":
+            self.stop()
+            self.err.print(f"vsrup: error: {event.message}", markup=False, highlight=False, soft_wrap=True)
+        elif event.kind == "warning" and not self.quiet:
+            self.line(f"vsrup: warning: {event.path}: {event.message}" if event.path else f"vsrup: warning: {event.message}")
+        elif self.quiet:
+            return
+        elif event.kind in ("info", "skipped"):
+            self.line(f"vsrup: {event.kind}: {event.path}: {event.message}" if event.path else f"vsrup: {event.message}")
+        elif event.kind == "start":
+            self.start(event)
+        elif event.kind == "progress" and self.progress is not None:
+            fps = event.done / max(time.monotonic() - self.started, 1e-9)
+            self.progress.update(self.task, completed=event.done, total=event.total, fps=f"{fps:.2f} fps")
+        elif event.kind == "done":
+            self.stop()
+            self.line(f"vsrup: wrote {event.message} ({event.done} frames in {event.data.get('seconds', 0):.1f} s)")
+
+    def line(self, text: str) -> None:
+        (self.progress.console if self.progress else self.err).print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def start(self, event: Event) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.stop()
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[fps]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.err,
+            transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(Path(event.path).name, total=event.total, fps="")
+        self.started = time.monotonic()
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def summary(self, results) -> None:
+        if len(results) < 2:
+            return
+        counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+        if self.log_json:
+            print(json.dumps({"event": "summary", **counts, "failed_inputs": [str(r.job.source) for r in results if r.status == "failed"]}), flush=True)
+            return
+        self.err.print(f"vsrup: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed", markup=False, highlight=False)
+        for r in results:
+            if r.status == "failed":
+                self.err.print(f"  failed: {r.job.source}: exit {r.error.exit_code}", markup=False, highlight=False)
+
+
+# ---------------------------------------------------------------- commands
+
+
+ScaleOpt = Annotated[int, typer.Option("--scale", "-s", help="Upscaling factor: 2, 3 or 4. The output is exactly scale x input size.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="sd-x4 (default, stabilityai/stable-diffusion-x4-upscaler), a Hub repo id, a local diffusers folder, or lanczos (non-neural preview).", rich_help_panel=MODEL)]
+RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision to pin (branch, tag or commit).", rich_help_panel=MODEL)]
+DeviceOpt = Annotated[str, typer.Option(help="auto|cpu|cuda|cuda:N|mps.", rich_help_panel=MODEL)]
+DtypeOpt = Annotated[str, typer.Option(help="auto|fp32|fp16|bf16 (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU).", rich_help_panel=MODEL)]
+StepsOpt = Annotated[int, typer.Option(help="Denoising steps.", rich_help_panel=SAMPLER)]
+GuidanceOpt = Annotated[float, typer.Option(help="Classifier-free guidance scale; <= 1 disables it and halves the cost.", rich_help_panel=SAMPLER)]
+PromptOpt = Annotated[str, typer.Option(help="Text prompt.", rich_help_panel=SAMPLER)]
+NegOpt = Annotated[str, typer.Option(help="Negative prompt (used when --guidance > 1).", rich_help_panel=SAMPLER)]
+NoiseOpt = Annotated[int, typer.Option(help="Noise augmentation of the low-resolution input, 0..350.", rich_help_panel=SAMPLER)]
+SchedOpt = Annotated[str, typer.Option(help=f"Scheduler: {', '.join(SCHEDULERS)}.", rich_help_panel=SAMPLER)]
+SeedOpt = Annotated[int, typer.Option(help="Seed; frame i uses seed + i.", rich_help_panel=SAMPLER)]
+TileOpt = Annotated[str, typer.Option(help="Latent tile size: auto (from free memory), 0 (no tiling) or a size in latent pixels.", rich_help_panel=SAMPLER)]
+OverlapOpt = Annotated[int, typer.Option(help="Overlap of neighbouring tiles, latent pixels.", rich_help_panel=SAMPLER)]
+BatchOpt = Annotated[Optional[int], typer.Option(help="Tiles per UNet call (default: from free memory).", rich_help_panel=SAMPLER)]
+ColorOpt = Annotated[str, typer.Option(help=f"Match colours to the input: {', '.join(COLOR_FIXES)}.", rich_help_panel=TEMPORAL)]
+FlowOpt = Annotated[str, typer.Option(help="Optical flow: dis (OpenCV) or raft (needs torchvision).", rich_help_panel=TEMPORAL)]
+MotionOpt = Annotated[float, typer.Option(help="Motion guidance strength: fraction of the warping gap closed per guided step; 0 disables.", rich_help_panel=TEMPORAL)]
+WindowOpt = Annotated[str, typer.Option(help="Steps where motion guidance acts, as fractions of the schedule START:END.", rich_help_panel=TEMPORAL)]
+PropOpt = Annotated[str, typer.Option(help="Loop indices where latents are propagated along the flow, e.g. 24,26,28 (none by default).", rich_help_panel=TEMPORAL)]
+ClipLenOpt = Annotated[int, typer.Option(help="Frames sampled together.", rich_help_panel=TEMPORAL)]
+ClipOverlapOpt = Annotated[int, typer.Option(help="Frames shared and cross-faded by neighbouring clips.", rich_help_panel=TEMPORAL)]
+SceneOpt = Annotated[float, typer.Option(help="Scene-cut threshold (mean absolute thumbnail difference, 0..1); 0 disables.", rich_help_panel=TEMPORAL)]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.", rich_help_panel=OUT)]
+SkipOpt = Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs alone (resume a batch).", rich_help_panel=OUT)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.", rich_help_panel=OUT)]
+JsonLogOpt = Annotated[bool, typer.Option("--log-json", help="One JSON object per line on stdout: start, progress, info, warning, done, skipped, error, summary.", rich_help_panel=OUT)]
+
+
+def sample_config(**kw) -> SampleConfig:
+    return SampleConfig(**{f.name: kw[f.name] for f in fields(SampleConfig) if f.name in kw})
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def upscale(
+    paths: Annotated[list[Path], typer.Argument(metavar="INPUT... OUTPUT", help="Input video(s) or a directory, then the output file (one input) or directory.")],
+    scale: ScaleOpt = D.scale,
+    model: ModelOpt = D.model,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = D.device,
+    dtype: DtypeOpt = D.dtype,
+    codec: Annotated[Optional[str], typer.Option(help="Video encoder (default libx264 for 8-bit input, libx265 for 10-bit).", rich_help_panel=ENC)] = None,
+    crf: Annotated[Optional[int], typer.Option(help="Constant rate factor (encoder default when unset).", rich_help_panel=ENC)] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Encoder preset (encoder default when unset).", rich_help_panel=ENC)] = None,
+    pix_fmt: Annotated[Optional[str], typer.Option(help="Output pixel format (default follows the input's bit depth).", rich_help_panel=ENC)] = None,
+    audio: Annotated[str, typer.Option(help="copy (re-encode, with a warning, where the container refuses), aac or none.", rich_help_panel=ENC)] = E.audio,
+    format: Annotated[Optional[str], typer.Option("--format", help="Output container extension for batch outputs, e.g. mkv (default: the input's).", rich_help_panel=ENC)] = None,
+    frames: Annotated[Optional[str], typer.Option(help="Only frames START:END (0-based, END exclusive) of the input.", rich_help_panel=OUT)] = None,
+    deinterlace: Annotated[str, typer.Option(help="auto (when the input is interlaced), on or off.", rich_help_panel=OUT)] = D.deinterlace,
+    allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Corrupt or truncated input: write what decodes, with a warning, instead of failing.", rich_help_panel=OUT)] = False,
+    overwrite: OverwriteOpt = False,
+    skip_existing: SkipOpt = False,
+    quiet: QuietOpt = False,
+    log_json: JsonLogOpt = False,
+    steps: StepsOpt = S.steps,
+    guidance: GuidanceOpt = S.guidance,
+    prompt: PromptOpt = S.prompt,
+    negative_prompt: NegOpt = S.negative_prompt,
+    noise_level: NoiseOpt = S.noise_level,
+    scheduler: SchedOpt = S.scheduler,
+    seed: SeedOpt = S.seed,
+    tile: TileOpt = "auto",
+    tile_overlap: OverlapOpt = S.tile_overlap,
+    batch: BatchOpt = None,
+    color_fix: ColorOpt = S.color_fix,
+    flow: FlowOpt = S.flow,
+    motion_guidance: MotionOpt = S.motion_guidance,
+    guidance_window: WindowOpt = f"{S.guidance_window[0]}:{S.guidance_window[1]}",
+    propagation_steps: PropOpt = "",
+    clip_len: ClipLenOpt = S.clip_len,
+    clip_overlap: ClipOverlapOpt = S.clip_overlap,
+    scene_threshold: SceneOpt = S.scene_threshold,
+) -> None:
+    """Upscale one video to one output file, or several videos (or a directory) into an output directory."""
+    if len(paths) < 2:
+        raise typer.BadParameter("give at least one INPUT and the OUTPUT", param_hint="INPUT... OUTPUT")
+    if scale not in SCALES:
+        raise typer.BadParameter(f"{scale} is not one of 2, 3, 4", param_hint="--scale")
+    if skip_existing and overwrite:
+        raise typer.BadParameter("--overwrite and --skip-existing contradict each other", param_hint="--skip-existing")
+    choice(audio, AUDIO_MODES, "--audio")
+    choice(deinterlace, DEINTERLACE_MODES, "--deinterlace")
+    choice(dtype, DTYPES, "--dtype")
+    choice(scheduler, SCHEDULERS, "--scheduler")
+    choice(color_fix, COLOR_FIXES, "--color-fix")
+    choice(flow, FLOW_METHODS, "--flow")
+    if not 0 <= noise_level <= 350:
+        raise typer.BadParameter(f"{noise_level} is outside 0..350", param_hint="--noise-level")
+    if clip_len < 1 or not 0 <= clip_overlap < clip_len:
+        raise typer.BadParameter("need --clip-len >= 1 and 0 <= --clip-overlap < --clip-len", param_hint="--clip-overlap")
+    if steps < 1:
+        raise typer.BadParameter("need at least 1 step", param_hint="--steps")
+    window = parse_span(guidance_window, "--guidance-window", float)
+    if window[1] is None or window[1] > 1:
+        raise typer.BadParameter("expected fractions 0 <= START < END <= 1", param_hint="--guidance-window")
+    config = UpscaleConfig(
+        scale=scale,
+        model=model,
+        revision=revision,
+        device=device,
+        dtype=dtype,
+        frames=parse_span(frames, "--frames"),
+        deinterlace=deinterlace,
+        allow_partial=allow_partial,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        encode=EncodeConfig(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, audio=audio),
+        sample=sample_config(**{**locals(), "tile": parse_tile(tile), "propagation_steps": parse_steps(propagation_steps), "guidance_window": window}),
+    )
+    from vsrup.pipeline import exit_code, upscale as run
+
+    report = Reporter(quiet=quiet, log_json=log_json)
+    with reporting(report):
+        results = run(paths[:-1], paths[-1], config, fmt=format, emit=report)
+    report.summary(results)
+    raise typer.Exit(exit_code(results))
+
+
+@app.command("frames", epilog=EXIT_CODES_HELP)
+def frames_command(
+    in_dir: Annotated[Path, typer.Argument(metavar="IN_DIR", help="Folder of images (png, jpg, webp, tiff, bmp), natural-sorted, one sequence.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Folder for the upscaled images (same names).")],
+    scale: ScaleOpt = D.scale,
+    model: ModelOpt = D.model,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = D.device,
+    dtype: DtypeOpt = D.dtype,
+    overwrite: OverwriteOpt = False,
+    skip_existing: SkipOpt = False,
+    quiet: QuietOpt = False,
+    log_json: JsonLogOpt = False,
+    steps: StepsOpt = S.steps,
+    guidance: GuidanceOpt = S.guidance,
+    prompt: PromptOpt = S.prompt,
+    negative_prompt: NegOpt = S.negative_prompt,
+    noise_level: NoiseOpt = S.noise_level,
+    scheduler: SchedOpt = S.scheduler,
+    seed: SeedOpt = S.seed,
+    tile: TileOpt = "auto",
+    tile_overlap: OverlapOpt = S.tile_overlap,
+    batch: BatchOpt = None,
+    color_fix: ColorOpt = S.color_fix,
+    flow: FlowOpt = S.flow,
+    motion_guidance: MotionOpt = S.motion_guidance,
+    clip_len: ClipLenOpt = S.clip_len,
+    clip_overlap: ClipOverlapOpt = S.clip_overlap,
+    scene_threshold: SceneOpt = S.scene_threshold,
+) -> None:
+    """Upscale an image folder as one sequence; 16-bit depth, alpha and file names are kept."""
+    if scale not in SCALES:
+        raise typer.BadParameter(f"{scale} is not one of 2, 3, 4", param_hint="--scale")
+    if skip_existing and overwrite:
+        raise typer.BadParameter("--overwrite and --skip-existing contradict each other", param_hint="--skip-existing")
+    choice(dtype, DTYPES, "--dtype")
+    choice(scheduler, SCHEDULERS, "--scheduler")
+    choice(color_fix, COLOR_FIXES, "--color-fix")
+    choice(flow, FLOW_METHODS, "--flow")
+    if clip_len < 1 or not 0 <= clip_overlap < clip_len:
+        raise typer.BadParameter("need --clip-len >= 1 and 0 <= --clip-overlap < --clip-len", param_hint="--clip-overlap")
+    config = UpscaleConfig(
+        scale=scale, model=model, revision=revision, device=device, dtype=dtype, overwrite=overwrite, skip_existing=skip_existing,
+        sample=sample_config(**{**locals(), "tile": parse_tile(tile)}),
+    )
+    from vsrup.pipeline import exit_code, upscale_folder
+
+    report = Reporter(quiet=quiet, log_json=log_json)
+    with reporting(report):
+        result = upscale_folder(in_dir, out_dir, config, emit=report)
+    raise typer.Exit(exit_code([result]))
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def probe(
+    path: Annotated[Path, typer.Argument(metavar="INPUT", help="A video file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show streams, codecs, frame rate (and whether it varies), rotation, colour tags, duration and frame count."""
+    from vsrup.media.probe import probe as run_probe
+
+    report = Reporter()
+    with reporting(report):
+        info = run_probe(path)
+    data = info.to_dict()
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    video = data["video"]
+    console.print(f"[bold]{path}[/bold]  {data.get('format_name')}  duration {data.get('duration')} s", highlight=False)
+    main = Table("property", "value", title="main video", title_justify="left")
+    for key, value in video.items():
+        main.add_row(key, str(value))
+    console.print(main)
+    streams = Table("#", "kind", "codec", "language", "details", title="streams", title_justify="left")
+    for s in data["streams"]:
+        extra = {k: v for k, v in s.items() if k not in ("index", "kind", "codec", "language") and v not in (None, False, "")}
+        streams.add_row(str(s["index"]), s["kind"], str(s.get("codec")), str(s.get("language") or ""), ", ".join(f"{k}={v}" for k, v in extra.items()))
+    console.print(streams)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def download(
+    model: Annotated[str, typer.Argument(help="Model to prefetch into the Hugging Face cache (short name or repo id).")] = D.model,
+    revision: RevisionOpt = None,
+) -> None:
+    """Fetch a model's weights now, for machines that will run offline (honours HF_HOME, HF_HUB_CACHE, HF_TOKEN)."""
+    from vsrup.models.hub import download as fetch
+
+    report = Reporter()
+    with reporting(report):
+        path = fetch(model, revision, report)
+    print(path)
+
+
+class reporting:
+    """Turn library errors into one line on stderr and the documented exit code."""
+
+    def __init__(self, report: Reporter):
+        self.report = report
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        self.report.stop()
+        if kind is None:
+            return False
+        if issubclass(kind, KeyboardInterrupt):
+            self.report(Event("error", message="interrupted"))
+            raise typer.Exit(EXIT_SIGINT)
+        if issubclass(kind, VsrupError):
+            self.report(Event("error", message=str(error)))
+            raise typer.Exit(error.exit_code)
+        return False
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"vsrup {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Video super-resolution with flow-guided latent diffusion."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one line per error, documented exit codes, never a traceback for bad input."""
+    from vsrup.outputs import install_signal_handlers
+
+    install_signal_handlers()
+    try:
+        code = app(args=argv, prog_name="vsrup", standalone_mode=False)
+    except typer.Abort:
+        print("vsrup: error: interrupted", file=sys.stderr)
+        sys.exit(EXIT_SIGINT)
+    except VsrupError as e:
+        print(f"vsrup: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except Exception as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `vsrup`: the help, as a usage error
+            print(e.format_message(), file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # a usage error from (Typer's) click
+            print(f"vsrup: error: {e.format_message()} (see --help)", file=sys.stderr)
+            sys.exit(e.exit_code)
+        if os.environ.get("VSRUP_DEBUG"):  # a bug: still one line, unless asked for the traceback
+            raise
+        print(f"vsrup: error: internal error: {type(e).__name__}: {e} (VSRUP_DEBUG=1 shows the traceback)", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code or 0)

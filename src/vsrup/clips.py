@@ -1,0 +1,125 @@
+"""Clips: which frames are sampled together, and how overlapping results are cross-faded.
+
+The plan is a pure function of the frame sequence and the options, built greedily as frames
+arrive so it can stream:
+
+- A *segment* is a run of frames without a scene cut (or a change of frame size). Nothing
+  temporal crosses a segment boundary: no clip, no flow, no blending.
+- Inside a segment starting at ``a``, clips start at ``a, a + stride, a + 2 stride, ...`` with
+  ``stride = clip_len - overlap``; each holds ``clip_len`` frames, except the last of a segment,
+  which ends at the segment's end (it may be shorter, never empty of new frames).
+- Where clip A = [a0, a1) and the next clip B = [b0, b1) overlap, frame j in [b0, a1) is
+  ``(1 - w) A_j + w B_j`` with ``w = (j - b0 + 1) / (a1 - b0 + 1)``: a linear cross-fade.
+
+A clip's plan never depends on where a run starts or stops, so a video rendered whole and a
+video rendered in pieces (each piece sampling the clips its frames touch) give the same frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+THUMB = 32  # scene-cut thumbnails are THUMB x THUMB: small motions vanish, layout changes remain
+
+
+class Indexed(Protocol):
+    index: int
+    image: np.ndarray  # (h, w, 3) float32 in [0, 1]
+
+
+@dataclass(frozen=True)
+class Clip:
+    frames: tuple  # the Indexed items, consecutive indices
+
+    @property
+    def start(self) -> int:
+        return self.frames[0].index
+
+    @property
+    def stop(self) -> int:
+        return self.frames[-1].index + 1
+
+    @property
+    def indices(self) -> list[int]:
+        return [f.index for f in self.frames]
+
+    def images(self) -> np.ndarray:
+        return np.stack([f.image for f in self.frames])  # (T, h, w, 3)
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """Area-average ``image`` (h, w, 3) down to (THUMB, THUMB, 3); sides shorter than THUMB stay as they are."""
+    h, w, c = image.shape
+    ty, tx = min(THUMB, h), min(THUMB, w)
+    rows = np.linspace(0, h, ty + 1).astype(int)
+    cols = np.linspace(0, w, tx + 1).astype(int)
+    summed = np.add.reduceat(np.add.reduceat(image, rows[:-1], axis=0), cols[:-1], axis=1)  # (ty, tx, 3)
+    counts = np.diff(rows)[:, None, None] * np.diff(cols)[None, :, None]
+    return summed / counts
+
+
+def cut_score(prev: np.ndarray, cur: np.ndarray) -> float:
+    """Mean absolute difference of the two frames' thumbnails, in [0, 1]."""
+    return float(np.abs(thumbnail(prev) - thumbnail(cur)).mean())
+
+
+def plan(frames: Iterable[Indexed], clip_len: int, overlap: int, scene_threshold: float) -> Iterator[Clip]:
+    """Group consecutive frames into clips (see the module docstring). ``scene_threshold`` 0 never cuts."""
+    if clip_len < 1 or not 0 <= overlap < clip_len:
+        raise ValueError("need clip_len >= 1 and 0 <= overlap < clip_len")
+    stride = clip_len - overlap
+    window: list[Indexed] = []  # frames of the segment from the next clip's start on
+    fresh = True  # no clip of this segment emitted yet
+    prev_thumb = None
+    for frame in frames:
+        thumb = thumbnail(frame.image)
+        if window and (frame.image.shape != window[-1].image.shape or (
+            scene_threshold > 0 and float(np.abs(thumb - prev_thumb).mean()) > scene_threshold
+        )):
+            if fresh or len(window) > overlap:
+                yield Clip(tuple(window))
+            window, fresh = [], True
+        prev_thumb = thumb
+        window.append(frame)
+        if len(window) == clip_len:
+            yield Clip(tuple(window))
+            window, fresh = window[stride:], False
+    if window and (fresh or len(window) > overlap):
+        yield Clip(tuple(window))
+
+
+class CrossFade:
+    """Blend the results of consecutive clips; hands out each output frame exactly once, in order.
+
+    Only the last ``overlap`` frames of a clip are held back: the plan never starts the next
+    clip earlier than that.
+    """
+
+    def __init__(self, overlap: int):
+        self.overlap = overlap
+        self.held: dict[int, np.ndarray] = {}  # index -> the previous clip's output for its tail
+
+    def push(self, clip: Clip, outputs: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Take a clip's outputs (T, H, W, 3); return the (index, frame) pairs that are now final."""
+        ready = [(i, self.held.pop(i)) for i in sorted(self.held) if i < clip.start]  # a cut: nothing to blend
+        span = max(self.held, default=clip.start - 1) - clip.start + 2  # overlap length + 1
+        keep_from = clip.stop - self.overlap
+        for k, index in enumerate(clip.indices):
+            frame = outputs[k]  # (H, W, 3)
+            if index in self.held:
+                w = (index - clip.start + 1) / span
+                frame = (1 - w) * self.held.pop(index) + w * frame
+            if index < keep_from:
+                ready.append((index, frame))
+            else:
+                self.held[index] = frame
+        return ready
+
+    def flush(self) -> list[tuple[int, np.ndarray]]:
+        ready = sorted(self.held.items())
+        self.held = {}
+        return ready

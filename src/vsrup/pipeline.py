@@ -1,0 +1,259 @@
+"""The one orchestrator: decode -> clips -> upscaler -> cross-fade -> encode, for videos and image folders.
+
+``upscale()`` runs a batch of videos, ``upscale_folder()`` an image sequence. Both go through
+``upscale_frames()``, the streaming core: memory holds one clip of input frames and one clip of
+outputs, whatever the length of the video.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vsrup.clips import CrossFade, Indexed, plan
+from vsrup.config import UpscaleConfig
+from vsrup.errors import EXIT_RUNTIME, InputDataError, Interrupted, UsageError, VsrupError
+from vsrup.events import Emit, Event, ignore
+from vsrup.outputs import atomic_output, check_output
+from vsrup.resize import lanczos_resize
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".m2ts", ".mts", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    target: Path
+
+
+@dataclass(frozen=True)
+class Result:
+    job: Job
+    status: str  # done|skipped|failed
+    frames: int = 0
+    seconds: float = 0.0
+    error: VsrupError | None = None
+
+
+def plan_jobs(inputs: Sequence[Path], output: Path, fmt: str | None = None) -> list[Job]:
+    """One input file to one output file; several inputs, or a directory, to an output directory."""
+    if not inputs:
+        raise UsageError("no input given")
+    sources: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+            if not found:
+                raise UsageError(f"{path}: no video files in this directory")
+            sources += found
+        else:
+            sources.append(path)
+    single = len(inputs) == 1 and not inputs[0].is_dir() and not output.is_dir()
+    if single:
+        target = output.with_suffix("." + fmt.lstrip(".")) if fmt else output
+        return [Job(sources[0], target)]
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"{output}: several inputs need an output directory")
+    jobs = [Job(s, output / (s.stem + ("." + fmt.lstrip(".") if fmt else s.suffix))) for s in sources]
+    names = [j.target.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise UsageError(f"{output}: two inputs would write the same output name")
+    return jobs
+
+
+def upscale(inputs: Sequence[Path], output: Path, config: UpscaleConfig, *, fmt: str | None = None, emit: Emit = ignore) -> list[Result]:
+    """Upscale every input; each is attempted, failures are reported in the results, not raised."""
+    jobs = plan_jobs([Path(p) for p in inputs], Path(output), fmt)
+    model = LazyUpscaler(config, emit)
+    results = []
+    for job in jobs:
+        if job.target.exists() and config.skip_existing:
+            emit(Event("skipped", path=str(job.source), message=f"{job.target} exists"))
+            results.append(Result(job, "skipped"))
+            continue
+        results.append(run_job(lambda: upscale_video(job, model, config, emit), job, emit))
+    return results
+
+
+def run_job(work: Callable[[], int], job: Job, emit: Emit) -> Result:
+    """Run one job; a failure becomes a Result (and an error event). Interruptions stop the batch."""
+    started = time.monotonic()
+    try:
+        frames = work()
+    except (KeyboardInterrupt, Interrupted):
+        raise
+    except Exception as e:
+        if not isinstance(e, VsrupError):
+            if os.environ.get("VSRUP_DEBUG"):
+                raise
+            e = VsrupError(f"{job.source}: internal error: {type(e).__name__}: {e} (VSRUP_DEBUG=1 shows the traceback)")
+        emit(Event("error", path=str(job.source), message=str(e)))
+        return Result(job, "failed", seconds=time.monotonic() - started, error=e)
+    seconds = time.monotonic() - started
+    emit(Event("done", path=str(job.source), message=str(job.target), done=frames, data={"seconds": round(seconds, 3)}))
+    return Result(job, "done", frames, seconds)
+
+
+class LazyUpscaler:
+    """Loads the model on first use, once per batch, after the first input has been checked."""
+
+    def __init__(self, config: UpscaleConfig, emit: Emit):
+        self.config, self.emit, self.model = config, emit, None
+
+    def get(self):
+        if self.model is None:
+            from vsrup.models import load_upscaler
+
+            self.model = load_upscaler(self.config, self.emit)
+        return self.model
+
+
+def upscale_video(job: Job, model: LazyUpscaler, config: UpscaleConfig, emit: Emit) -> int:
+    from vsrup.media.decode import decode_frames
+    from vsrup.media.encode import VideoWriter
+    from vsrup.media.probe import probe
+
+    # 1. Refuse what must be refused before any work: output == input, an existing output.
+    check_output(job.source, job.target, overwrite=config.overwrite)
+    # 2. Probe the input and decide the frame span.
+    info = probe(job.source)
+    first, stop = frame_span(config, info.video.frames)
+    total = None if stop is None else stop - first
+    width, height = info.video.width * config.scale, info.video.height * config.scale
+    path = str(job.source)
+    emit(Event("start", path=path, message=str(job.target), total=total, data={"size": [width, height]}))
+    written = 0
+    with atomic_output(job.target) as partial:
+        # 3. Open the output: streams are planned (trial mux) before the long work starts.
+        with VideoWriter(partial, info, config.encode, (width, height), trim=config.frames is not None, emit=emit) as writer:
+            # 4. Load the model (once per batch), then stream: decode -> clips -> upscale -> blend -> encode.
+            upscaler = model.get()
+            frames = decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit)
+            with closing(frames):
+                for frame, image in upscale_frames(frames, upscaler, config, in_span(first, stop), stop):
+                    writer.write(image, frame.pts)
+                    written += 1
+                    emit(Event("progress", path=path, done=written, total=total))
+        if written == 0:
+            raise InputDataError(f"{job.source}: no frames in the range {first}:{'' if stop is None else stop}")
+    return written
+
+
+def frame_span(config: UpscaleConfig, n_frames: int | None) -> tuple[int, int | None]:
+    """The [first, stop) frame range of the job; stop None means to the end."""
+    if config.frames is None:
+        return 0, n_frames
+    first, stop = config.frames
+    if n_frames is not None:
+        if first >= n_frames:
+            raise UsageError(f"--frames starts at {first} but the input has {n_frames} frames")
+        stop = n_frames if stop is None else min(stop, n_frames)
+    return first, stop
+
+
+def in_span(first: int, stop: int | None) -> Callable[[int], bool]:
+    return lambda i: first <= i and (stop is None or i < stop)
+
+
+def upscale_frames(
+    frames: Iterable[Indexed], upscaler, config: UpscaleConfig, wanted: Callable[[int], bool], stop: int | None = None
+) -> Iterator[tuple[Indexed, np.ndarray]]:
+    """The streaming core: yield (input frame, output image (H, W, 3) float32) for every wanted frame, in order.
+
+    A clip is sampled only if it holds a wanted frame; every frame's result depends only on the
+    clips that contain it, so a partial run gives the frames of a whole run exactly.
+    """
+    s = config.sample
+    fade = CrossFade(s.clip_overlap)
+    pending: dict[int, Indexed] = {}
+
+    def final(pairs):
+        for index, image in pairs:
+            frame = pending.pop(index)
+            if wanted(index):
+                yield frame, image
+
+    for clip in plan(frames, s.clip_len, s.clip_overlap, s.scene_threshold):
+        if stop is not None and clip.start >= stop:
+            break
+        if not any(wanted(i) for i in clip.indices):
+            continue
+        pending.update((f.index, f) for f in clip.frames)
+        lowres = clip.images()  # (T, h, w, 3)
+        outputs = upscaler.upscale(lowres, clip.indices)  # (T, h * model scale, w * model scale, 3)
+        outputs = fit(outputs, lowres.shape[1] * config.scale, lowres.shape[2] * config.scale)  # (T, H, W, 3)
+        yield from final(fade.push(clip, outputs))
+    yield from final(fade.flush())
+
+
+def fit(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bring the model's output (T, H', W', 3) to exactly (T, height, width, 3): antialiased Lanczos."""
+    if images.shape[1:3] == (height, width):
+        return images
+    return lanczos_resize(images, height, width)
+
+
+@dataclass(frozen=True)
+class FolderItem:
+    index: int
+    image: np.ndarray  # (h, w, 3) float32 RGB
+    source: object  # the vsrup.media.images.Image it came from
+    target: Path
+
+
+def upscale_folder(in_dir: Path, out_dir: Path, config: UpscaleConfig, *, emit: Emit = ignore) -> Result:
+    """`vsrup frames`: an image folder as one sequence, written with the same file names."""
+    job = Job(Path(in_dir), Path(out_dir))
+    return run_job(lambda: _upscale_folder(job, config, emit), job, emit)
+
+
+def _upscale_folder(job: Job, config: UpscaleConfig, emit: Emit) -> int:
+    from vsrup.media.images import list_images, read_image, write_image
+
+    if job.target.resolve() == job.source.resolve():
+        raise UsageError(f"{job.target}: output folder is the input folder; vsrup never modifies its input")
+    paths = list_images(job.source, emit)
+    targets = [job.target / p.name for p in paths]
+    exists = [t.exists() for t in targets]
+    if any(exists) and not (config.overwrite or config.skip_existing):
+        clash = targets[exists.index(True)]
+        raise UsageError(f"{clash}: output exists; pass --overwrite to replace or --skip-existing to resume")
+    todo = {i for i, e in enumerate(exists) if config.overwrite or not e}
+    for i in sorted(set(range(len(paths))) - todo):
+        emit(Event("skipped", path=str(paths[i]), message=f"{targets[i]} exists"))
+    emit(Event("start", path=str(job.source), message=str(job.target), total=len(todo)))
+    if not todo:
+        return 0
+    job.target.mkdir(parents=True, exist_ok=True)
+
+    def items():
+        for i, path in enumerate(paths):
+            image = read_image(path)
+            yield FolderItem(i, image.rgb, image, targets[i])
+
+    from vsrup.models import load_upscaler
+
+    upscaler = load_upscaler(config, emit)
+    written = 0
+    for item, rgb in upscale_frames(items(), upscaler, config, todo.__contains__):
+        alpha = item.source.alpha  # (h, w, 1) or None
+        if alpha is not None:
+            alpha = lanczos_resize(alpha, rgb.shape[0], rgb.shape[1])  # (H, W, 1)
+        write_image(item.target, rgb, alpha, like=item.source)
+        written += 1
+        emit(Event("progress", path=str(job.source), done=written, total=len(todo)))
+    return written
+
+
+def exit_code(results: Sequence[Result]) -> int:
+    """0 when nothing failed; the failures' shared exit code, or 1 when they differ."""
+    codes = {r.error.exit_code for r in results if r.status == "failed" and r.error is not None}
+    if not codes:
+        return 0
+    return codes.pop() if len(codes) == 1 else EXIT_RUNTIME
