@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 
 THUMB = 32  # scene-cut thumbnails are THUMB x THUMB: small motions vanish, layout changes remain
+BINS = 16  # histogram bins per channel for the colour-distribution half of the cut score
 
 
 class Indexed(Protocol):
@@ -62,9 +63,26 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     return summed / counts
 
 
+def signature(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the cut score compares: a thumbnail (layout) and per-channel histograms (colours)."""
+    hist = np.stack([np.histogram(image[..., c], bins=BINS, range=(0.0, 1.0))[0] for c in range(3)]) / image[..., 0].size  # (3, BINS)
+    return thumbnail(image), hist
+
+
 def cut_score(prev: np.ndarray, cur: np.ndarray) -> float:
-    """Mean absolute difference of the two frames' thumbnails, in [0, 1]."""
-    return float(np.abs(thumbnail(prev) - thumbnail(cur)).mean())
+    """How much ``cur`` looks like a new shot after ``prev``, in [0, 1].
+
+    A cut changes both the layout (mean absolute thumbnail difference) and the colour
+    distribution (half the L1 distance of the histograms); a pan or a moving object changes
+    mostly the layout, so the score is the smaller of the two.
+    """
+    return score(signature(prev), signature(cur))
+
+
+def score(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
+    layout = float(np.abs(a[0] - b[0]).mean())
+    colours = float(np.abs(a[1] - b[1]).sum(axis=1).mean() / 2)
+    return min(layout, colours)
 
 
 def plan(frames: Iterable[Indexed], clip_len: int, overlap: int, scene_threshold: float) -> Iterator[Clip]:
@@ -74,16 +92,16 @@ def plan(frames: Iterable[Indexed], clip_len: int, overlap: int, scene_threshold
     stride = clip_len - overlap
     window: list[Indexed] = []  # frames of the segment from the next clip's start on
     fresh = True  # no clip of this segment emitted yet
-    prev_thumb = None
+    prev_sig = None
     for frame in frames:
-        thumb = thumbnail(frame.image)
+        sig = signature(frame.image) if scene_threshold > 0 else None
         if window and (frame.image.shape != window[-1].image.shape or (
-            scene_threshold > 0 and float(np.abs(thumb - prev_thumb).mean()) > scene_threshold
+            scene_threshold > 0 and score(prev_sig, sig) > scene_threshold
         )):
             if fresh or len(window) > overlap:
                 yield Clip(tuple(window))
             window, fresh = [], True
-        prev_thumb = thumb
+        prev_sig = sig
         window.append(frame)
         if len(window) == clip_len:
             yield Clip(tuple(window))
