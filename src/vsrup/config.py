@@ -57,7 +57,7 @@ class SampleConfig:
     clip_len: int = 8  # frames sampled together; Upscale-A-Video's temporal window
     clip_overlap: int = 2  # frames shared (and cross-faded) by neighbouring clips; UAV's window stride is 6 of 8
     scene_threshold: float = 0.3  # scene-cut sensitivity; 0 disables cut detection
-    color_fix: str = "adain"  # adain|wavelet|none: match colours to the bicubic-upscaled input
+    color_fix: str = "wavelet"  # adain|wavelet|none: low frequencies from the bicubic input, detail from the model (docs/temporal.md)
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,8 @@ def occlusion(flow_ab: torch.Tensor, flow_ba: torch.Tensor) -> torch.Tensor:
     """
     back = warp(flow_ba, flow_ab)  # (N, 2, h, w) b's flow read where each pixel of a lands
     gap = (flow_ab + back).norm(dim=1, keepdim=True)  # (N, 1, h, w) zero when the round trip returns home
-    tolerance = OCC_ALPHA * (flow_ab.norm(dim=1, keepdim=True) + back.norm(dim=1, keepdim=True)) + OCC_BETA  # (N, 1, h, w)
+    magnitude = flow_ab.norm(dim=1, keepdim=True) + back.norm(dim=1, keepdim=True)  # (N, 1, h, w)
+    tolerance = OCC_ALPHA * magnitude + OCC_BETA  # (N, 1, h, w)
     return ((gap > tolerance) | leaves_frame(flow_ab)).float()  # (N, 1, h, w)
 
 
@@ -151,8 +152,10 @@ def _raft_pairs(frames: np.ndarray, device: str) -> tuple[torch.Tensor, torch.Te
         raise UsageError(
             "--flow raft needs torchvision: `pip install torchvision` (a build matching your torch), or use --flow dis"
         ) from exc
-    model = _raft_model(device)
     t, h, w, _ = frames.shape
+    if t < 2:
+        return torch.zeros(0, 2, h, w), torch.zeros(0, 2, h, w)  # (0, 2, h, w) each
+    model = _raft_model(device)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).to(device) * 2.0 - 1.0  # (T, 3, h, w) RAFT wants [-1, 1]
     pad_h, pad_w = -h % 8, -w % 8  # RAFT needs sides divisible by 8
     x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")  # (T, 3, h', w')
