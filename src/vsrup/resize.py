@@ -22,28 +22,33 @@ def _lanczos(x: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def weights(n_in: int, n_out: int) -> np.ndarray:
-    """The (n_out, n_in) matrix that resamples one axis; rows sum to 1, edges replicate."""
+def taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each output pixel of one axis, the source pixels it reads and their weights: (n_out, K) each.
+
+    Weights sum to 1 per output pixel; source indices are clamped, so edges replicate.
+    """
     scale = n_out / n_in
     stretch = max(1.0, 1.0 / scale)  # widen the kernel when shrinking: that is the antialiasing
     centres = (np.arange(n_out) + 0.5) / scale - 0.5  # (n_out,) source coordinate of each output pixel
-    support = LOBES * stretch
-    taps = np.arange(-int(np.ceil(support)), int(np.ceil(support)) + 1)  # (K,)
-    src = np.floor(centres)[:, None] + taps[None, :]  # (n_out, K) source pixel of each tap
+    reach = int(np.ceil(LOBES * stretch))
+    src = np.floor(centres)[:, None] + np.arange(-reach, reach + 1)[None, :]  # (n_out, K)
     w = _lanczos((src - centres[:, None]) / stretch)  # (n_out, K)
     w /= w.sum(axis=1, keepdims=True)
-    matrix = np.zeros((n_out, n_in), dtype=np.float64)
-    rows = np.repeat(np.arange(n_out), len(taps))
-    np.add.at(matrix, (rows, np.clip(src, 0, n_in - 1).astype(np.int64).ravel()), w.ravel())
-    return matrix.astype(np.float32)
+    return np.clip(src, 0, n_in - 1).astype(np.intp), w.astype(np.float32)
+
+
+def _resample(x: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+    index, weight = taps(x.shape[axis], n_out)  # (n_out, K)
+    shape = [1] * x.ndim
+    shape[axis] = n_out
+    out = np.zeros(x.shape[:axis] + (n_out,) + x.shape[axis + 1 :], np.float32)
+    for k in range(index.shape[1]):
+        out += np.take(x, index[:, k], axis=axis) * weight[:, k].reshape(shape)
+    return out
 
 
 def lanczos_resize(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Resize ``x`` of shape (..., h, w, C), float32, to (..., out_h, out_w, C). Values may overshoot [0, 1]."""
-    h, w, c = x.shape[-3:]
-    lead = x.shape[:-3]
-    x = x.astype(np.float32, copy=False).reshape(-1, h, w * c)  # (N, h, w*C)
-    y = np.matmul(weights(h, out_h), x)  # (N, out_h, w*C)
-    y = y.reshape(-1, out_h, w, c).transpose(0, 1, 3, 2)  # (N, out_h, C, w)
-    y = np.matmul(y, weights(w, out_w).T)  # (N, out_h, C, out_w)
-    return np.ascontiguousarray(y.transpose(0, 1, 3, 2)).reshape(*lead, out_h, out_w, c)  # (..., out_h, out_w, C)
+    x = x.astype(np.float32, copy=False)
+    y = _resample(x, x.ndim - 3, out_h)  # (..., out_h, w, C)
+    return _resample(y, y.ndim - 2, out_w)  # (..., out_h, out_w, C)

@@ -3,7 +3,8 @@
 Pillow decodes everything it can decode without loss: it reads EXIF orientation, ICC profiles,
 palettes and CMYK. Pillow has no 16-bit colour mode, though (a 16-bit RGB PNG comes back as 8-bit
 RGB), so 16-bit colour PNG/TIFF pixels come from OpenCV (``IMREAD_UNCHANGED`` keeps uint16) and
-16-bit files are written with OpenCV. Orientation is applied here, in numpy, the same way for both.
+16-bit files are written with OpenCV. EXIF orientation is applied exactly once: Pillow does it
+for TIFFs while loading, numpy does it for the rest, and OpenCV's decode is checked against Pillow's.
 Choices and their reasons: docs/frames.md.
 """
 
@@ -80,10 +81,14 @@ def read_image(path: str | Path, emit: Emit = ignore) -> Image:
     """Decode one still image. Unreadable, corrupt or animated files raise InputDataError naming the file."""
     path = Path(path)
     try:
-        with PILImage.open(path) as im:
+        # A file object, not the path: for a path Pillow 13 memory-maps uncompressed L, I;16 and
+        # RGBA TIFFs and then transposes orientations 5..8 with the wrong size (measured: garbage).
+        with open(path, "rb") as f, PILImage.open(f) as im:
             return _decode(im, path, emit)
+    except PILImage.UnidentifiedImageError:
+        raise InputDataError(f"{path}: cannot read the image: unknown or corrupt image format") from None
     except (OSError, SyntaxError, ValueError, EOFError, PILImage.DecompressionBombError) as e:
-        message = " ".join(str(e).split()) or type(e).__name__  # one line
+        message = getattr(e, "strerror", None) or " ".join(str(e).split()) or type(e).__name__  # one line
         raise InputDataError(f"{path}: cannot read the image: {message}") from None
 
 
@@ -95,30 +100,29 @@ def _decode(im: PILImage.Image, path: Path, emit: Emit) -> Image:
                 "(extract the frames first, e.g. ffmpeg -i IN frame%04d.png)"
             )
         emit(Event("warning", path=str(path), message="multi-picture JPEG: only the main picture is kept"))
-    im.load()  # decodes and validates; a PNG's eXIf chunk may follow the pixels
-    orientation = im.getexif().get(ORIENTATION, 1)
+    orientation = im.getexif().get(ORIENTATION, 1)  # before load(), which drops a TIFF's tag once applied
+    im.load()  # decodes and validates
+    pillow_oriented = im.format == "TIFF"  # Pillow transposes TIFFs while loading (PR #4063); the rest is done here
     icc = im.info.get("icc_profile")
     bits, gray = _sample_format(im, path)
     if bits > 16:
         raise InputDataError(f"{path}: {bits}-bit samples are not supported (8 or 16 bits per channel)")
     if bits == 16 and not im.mode.startswith("I;16"):  # Pillow decoded this colour or gray+alpha file to 8 bits
-        if im.format == "TIFF" and orientation != 1:
-            # Measured, OpenCV 5.0: its TIFF decoder applies the orientation itself, even with
-            # IMREAD_UNCHANGED, and gets 5..8 wrong; for 8-bit RGB it fails outright.
-            raise InputDataError(f"{path}: 16-bit colour TIFF with EXIF orientation {orientation} is not supported")
-        pixels = _decode_16bit_colour(path)
+        eight_bit = np.asarray(im) if pillow_oriented else _orient(np.asarray(im), orientation)
+        pixels = _decode_16bit_colour(path, eight_bit, orientation)
     else:
         pixels = _pillow_pixels(im, path, emit)
+        if not pillow_oriented:
+            pixels = _orient(pixels, orientation)
         if im.mode == "CMYK":
             icc = None  # the pixels are sRGB now; the CMYK profile no longer describes them
-    pixels = _orient(pixels, orientation)  # (h, w, C)
-    values = pixels.astype(np.float32) / np.float32(65535 if bits == 16 else 255)
+    values = pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
     colour = values[..., :3] if pixels.shape[-1] >= 3 else np.repeat(values[..., :1], 3, axis=-1)
     alpha = values[..., -1:] if pixels.shape[-1] in (2, 4) else None
     return Image(
         rgb=np.ascontiguousarray(colour),
         alpha=None if alpha is None else np.ascontiguousarray(alpha),
-        bit_depth=16 if bits == 16 else 8,
+        bit_depth=16 if pixels.dtype == np.uint16 else 8,
         mode="gray" if gray else "rgb",
         format=im.format,
         icc_profile=icc,
@@ -137,12 +141,26 @@ def _sample_format(im: PILImage.Image, path: Path) -> tuple[int, bool]:
     return 8, im.mode in GRAY_MODES
 
 
-def _decode_16bit_colour(path: Path) -> np.ndarray:
-    """(h, w, 3 or 4) uint16 RGB(A). A 16-bit gray + alpha PNG comes back as RGBA with gray replicated."""
-    pixels = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None or pixels.dtype != np.uint16 or pixels.ndim != 3:
+def _decode_16bit_colour(path: Path, eight_bit: np.ndarray, orientation: int) -> np.ndarray:
+    """(h, w, 3 or 4) uint16 RGB(A), oriented. A 16-bit gray + alpha PNG comes back as RGBA, gray replicated.
+
+    OpenCV's PNG decoder ignores the EXIF orientation with IMREAD_UNCHANGED, but (measured, OpenCV 5.0)
+    its TIFF decoder applies it anyway. So the result is checked against Pillow's 8-bit decode of the
+    same file, already oriented (``eight_bit``): whichever of "as decoded" and "oriented here" agrees
+    with it is right; if neither does, the two decoders disagree and the file is refused.
+    """
+    try:
+        pixels = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        pixels = None
+    if pixels is None or pixels.dtype != np.uint16 or pixels.ndim != 3 or pixels.shape[-1] not in (3, 4):
         raise InputDataError(f"{path}: OpenCV cannot decode this 16-bit image")
-    return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGBA if pixels.shape[-1] == 4 else cv2.COLOR_BGR2RGB)
+    pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGBA if pixels.shape[-1] == 4 else cv2.COLOR_BGR2RGB)
+    want = eight_bit.astype(np.int32)  # (h, w, C)
+    for candidate in (_orient(pixels, orientation), pixels):
+        if candidate.shape == want.shape and np.abs((candidate >> 8) - want).max() <= 1:
+            return candidate
+    raise InputDataError(f"{path}: OpenCV's 16-bit decode disagrees with Pillow's 8-bit one; cannot trust it")
 
 
 def _pillow_pixels(im: PILImage.Image, path: Path, emit: Emit) -> np.ndarray:
@@ -214,7 +232,9 @@ def write_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None, lik
         planes.append(alpha)
     scale = 65535 if depth == 16 else 255
     data = np.round(np.clip(np.concatenate(planes, axis=-1), 0, 1) * scale).astype(np.uint16 if depth == 16 else np.uint8)
-    icc = like.icc_profile if _icc_fits(like.icc_profile, gray and data.shape[-1] <= 2) else None
+    if (depth == 16 or fmt == "BMP") and data.shape[-1] == 2:
+        data = data[..., [0, 0, 0, 1]]  # OpenCV writes no gray + alpha (nor does Pillow at 16 bits): RGBA, gray replicated
+    icc = like.icc_profile if _icc_fits(like.icc_profile, gray=data.shape[-1] <= 2) else None
     if depth == 16 or fmt == "BMP":
         encoded = _encode_opencv(data, fmt, icc)
     else:
@@ -247,8 +267,6 @@ def _encode_pillow(data: np.ndarray, fmt: str, icc: bytes | None, lossless: bool
 
 def _encode_opencv(data: np.ndarray, fmt: str, icc: bytes | None) -> bytes:
     """16-bit PNG/TIFF (Pillow cannot write 16-bit colour) and BMP (Pillow's RGBA BMP reads back as RGB)."""
-    if data.shape[-1] == 2:  # neither OpenCV nor Pillow writes gray + alpha here: RGBA with gray replicated
-        data = data[..., [0, 0, 0, 1]]
     if data.shape[-1] >= 3:
         data = cv2.cvtColor(data, cv2.COLOR_RGBA2BGRA if data.shape[-1] == 4 else cv2.COLOR_RGB2BGR)
     params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION] if fmt == "PNG" else []

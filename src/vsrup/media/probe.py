@@ -184,7 +184,7 @@ def probe(path: str | Path) -> MediaInfo:
         first = _first_frames(container, stream)
         if not first:
             raise InputDataError(f"{path}: no decodable video frame")
-        video = _video_info(stream, first, variable_rate, video_duration(stream))
+        video = _video_info(stream, first, variable_rate, stream_duration(stream))
         streams = tuple(_stream_info(s) for s in container.streams)
         duration = container.duration / 1_000_000 if container.duration is not None else None
         return MediaInfo(path, container.format.name, duration, video, streams)
@@ -273,16 +273,17 @@ def _subsampling(fmt: av.VideoFormat) -> tuple[int, int]:
 _MKV_DURATION = re.compile(r"^(\d+):(\d\d):(\d\d(?:\.\d+)?)$")
 
 
-def video_duration(stream) -> float | None:
-    """Seconds of this stream: its header duration, else Matroska's per-track DURATION tag."""
+def stream_duration(stream) -> float | None:
+    """Seconds of this stream: its header duration, else from Matroska's per-track DURATION tag."""
     if stream.duration:
         return float(stream.duration * stream.time_base)
-    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
-    match = _MKV_DURATION.match(tag or "")
-    if match:
-        h, m, s = match.groups()
-        return int(h) * 3600 + int(m) * 60 + float(s)
-    return None
+    match = _MKV_DURATION.match(stream.metadata.get("DURATION") or "")
+    if match is None:
+        return None
+    h, m, s = match.groups()
+    end = int(h) * 3600 + int(m) * 60 + float(s)  # the tag holds the track's end time, not its length
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    return end - start
 
 
 def _stream_info(stream: av.stream.Stream) -> StreamInfo:
@@ -310,5 +311,5 @@ def _stream_info(stream: av.stream.Stream) -> StreamInfo:
         width=cc.width if video else None,
         height=cc.height if video else None,
         start_time=float(stream.start_time * tb) if stream.start_time is not None and tb else None,
-        duration=float(stream.duration * tb) if stream.duration and tb else None,
+        duration=stream_duration(stream),
     )

@@ -1,0 +1,365 @@
+"""Encode upscaled RGB frames and remux every other stream of the input beside them.
+
+All streams share the input's timeline: each video frame keeps its input pts (the encoder's time
+base is the input stream's), copied packets keep theirs, and nothing is rebased. Everything the
+output container can refuse is tried in ``__init__``, before the long work starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from vsrup.config import EncodeConfig
+from vsrup.errors import InputDataError, OutputError, UsageError
+from vsrup.events import Emit, Event, ignore
+from vsrup.media.decode import expected_step
+from vsrup.media.probe import MATRICES, RANGE_JPEG, RANGE_MPEG, MediaInfo, VideoInfo, open_input, quiet_ffmpeg
+from vsrup.media.streams import Route, first_line, plan_routes
+
+PRESET_CODECS = ("libx264", "libx265")  # encoders whose `preset` option takes the x264 names
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+VPX_DEFAULT_CRF = 31  # libvpx-vp9 constant quality; Google's VOD guide uses 31-33 for 1080p
+_CHROMA_NAMES = {(1, 1): "yuv420p", (1, 0): "yuv422p", (0, 0): "yuv444p", (0, 1): "yuv440p"}
+
+
+def default_codec(format_name: str, bit_depth: int) -> str:
+    """libx264 for 8-bit, libx265 above; WebM holds only VP8/VP9/AV1: libvpx-vp9, or libsvtav1 above 8-bit."""
+    if format_name == "webm":
+        return "libvpx-vp9" if bit_depth <= 8 else "libsvtav1"
+    return "libx264" if bit_depth <= 8 else "libx265"
+
+
+def choose_pix_fmt(codec: str, video: VideoInfo, size: tuple[int, int]) -> tuple[str, str | None]:
+    """(pix_fmt, note): the input's chroma and depth where the encoder has them; 4:4:4 for odd sizes."""
+    supported = {f.name for f in av.codec.Codec(codec, "w").video_formats or ()}
+    chroma = video.chroma_subsampling
+    note = None
+    w, h = size
+    if w % (1 << chroma[0]) or h % (1 << chroma[1]):
+        note = f"odd output size {w}x{h}: encoded as 4:4:4 so the exact size is kept (some hardware players cannot play 4:4:4)"
+        chroma = (0, 0)
+    gray = video.pix_fmt.startswith(("gray", "ya", "y16", "mono"))
+    families = (["gray"] if gray else []) + [_CHROMA_NAMES.get(chroma, "yuv444p"), "yuv444p"]
+    depths = sorted({8, 10, 12, 16}, key=lambda d: (d < video.bit_depth, abs(d - video.bit_depth)))
+    for family in families:
+        for depth in depths:
+            name = family if depth == 8 else f"{family}{depth}le"
+            if name in supported:
+                if depth < video.bit_depth:
+                    note = (note + "; " if note else "") + f"{codec} has no {video.bit_depth}-bit {family}: {depth}-bit"
+                return name, note
+    raise UsageError(f"{codec} cannot encode a planar YUV format; choose another --codec")
+
+
+class VideoWriter:
+    """Write frames to ``path`` (a temporary name ending in the real extension) with all other streams."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        info: MediaInfo,
+        config: EncodeConfig,
+        size: tuple[int, int],
+        *,
+        trim: bool = False,
+        emit: Emit = ignore,
+    ):
+        quiet_ffmpeg()
+        self.path = Path(path)
+        self.info = info
+        self.config = config
+        self.size = size
+        self.trim = trim
+        self.emit = emit
+        self.frames_written = 0
+        self._output = None
+        self._source = None
+        self._closed = False
+        self._first_time: Fraction | None = None  # seconds of the first written frame
+        self._last_pts: int | None = None
+        self._pending: av.Packet | None = None  # next side packet, read ahead by one
+        self._side = None
+        try:
+            with _output_errors(self.path):
+                try:
+                    self._open()
+                except av.error.FFmpegError as e:
+                    if isinstance(e, OSError):
+                        raise
+                    raise UsageError(f"{self.path}: the output cannot be set up ({first_line(e)})") from None
+        except BaseException:
+            self._abort()
+            raise
+
+    # --- setup -----------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        info, video = self.info, self.info.video
+        try:
+            self._output = av.open(str(self.path), "w")
+        except ValueError:
+            raise UsageError(f"{self.path}: cannot tell the output format from the extension") from None
+        self._source = open_input(info.path)
+        self._video = self._add_video(video)
+        self._routes = plan_routes(
+            self._output, self._source, video.index, self.config, str(info.path), self.emit
+        )
+        self._output.metadata.update(
+            {k: v for k, v in self._source.metadata.items() if k.lower() not in ("encoder", "duration")}
+        )
+        if self._source.chapters():
+            self._output.set_chapters(self._source.chapters())
+        # Write the header now: refusals that only show at the first mux surface before any frame work.
+        self._output.start_encoding()
+        for route in self._routes:
+            self._output.mux(route.once)
+        carried = [r.source for r in self._routes if r.mode != "cover"]
+        for stream in self._source.streams:
+            if stream not in carried:
+                stream.discard = av.stream.Discard.all
+        self._side = self._source.demux(*carried) if carried else iter(())
+
+    def _add_video(self, video: VideoInfo) -> av.video.stream.VideoStream:
+        config = self.config
+        codec = config.codec or default_codec(self._output.format.name, video.bit_depth)
+        if config.pix_fmt:
+            pix_fmt, note = config.pix_fmt, None
+        else:
+            pix_fmt, note = choose_pix_fmt(codec, video, self.size)
+        if note:
+            self.emit(Event("warning", path=str(self.info.path), message=note))
+        options = {}
+        if config.crf is not None:
+            options["crf"] = str(config.crf)
+        if codec.startswith("libvpx"):
+            # libvpx's own default is a low fixed bitrate; constant quality needs crf with the bitrate cap off.
+            options.setdefault("crf", str(VPX_DEFAULT_CRF))
+            options["b"] = "0"
+        if config.preset is not None:
+            if codec in PRESET_CODECS:
+                options["preset"] = config.preset
+            elif codec.startswith("libvpx") and config.preset in X264_PRESETS:
+                speed = X264_PRESETS.index(config.preset)  # ultrafast = 8 ... veryslow = 0
+                options["cpu-used"] = str(8 - speed)
+                options["deadline"] = "realtime" if speed < 3 else "good"
+            else:
+                self.emit(Event("warning", path=str(self.info.path), message=f"{codec} has no presets; --preset ignored"))
+        if codec == "libx265":
+            options["x265-params"] = "log-level=error"  # x265 prints to stderr itself otherwise
+        try:
+            stream = self._output.add_stream(codec, rate=video.rate or None, options=options)
+        except ValueError as e:
+            raise UsageError(f"{self.path.suffix} output cannot hold {codec} video ({e}); choose another extension or --codec") from None
+        except av.error.FFmpegError as e:
+            raise UsageError(f"unknown video encoder {codec!r} ({e})") from None
+        stream.width, stream.height = self.size
+        stream.pix_fmt = pix_fmt
+        cc = stream.codec_context
+        cc.time_base = video.time_base  # frames keep the input pts: the timeline is never rebuilt
+        cc.thread_count = config.threads
+        if video.sar:
+            cc.sample_aspect_ratio = video.sar  # a uniform scale keeps the sample aspect ratio
+        cc.color_primaries = video.color_primaries
+        cc.color_trc = video.color_trc
+        cc.colorspace = video.matrix  # tagged explicitly: the matrix the pixels were converted with
+        cc.color_range = RANGE_JPEG if video.full_range else RANGE_MPEG
+        if video.rotation:
+            stream.set_display_rotation(video.rotation)
+        source = self._source.streams[video.index]
+        for key in ("language", "title", "handler_name"):
+            if key in source.metadata:
+                stream.metadata[key] = source.metadata[key]
+        self._pix_fmt = pix_fmt
+        return stream
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def write(self, image: np.ndarray, pts: int) -> None:
+        """Encode one (H, W, 3) float32 RGB frame at ``pts`` (the input frame's, in video.time_base)."""
+        w, h = self.size
+        if image.shape != (h, w, 3):
+            raise ValueError(f"frame of shape {image.shape}, the writer was opened for {(h, w, 3)}")
+        if self._last_pts is not None and pts <= self._last_pts:
+            raise ValueError(f"pts {pts} after {self._last_pts}: timestamps must increase")
+        tb = self.info.video.time_base
+        with _output_errors(self.path):
+            frame = from_rgb(image, self._pix_fmt, self.info.video)
+            frame.pts = pts
+            frame.time_base = tb
+            if self._first_time is None:
+                self._first_time = pts * tb
+            self._mux(self._video.encode(frame))
+            self._last_pts = pts
+            self.frames_written += 1
+            self._carry(until=pts * tb)
+
+    def close(self) -> None:
+        """Flush the encoder, mux the rest of the other streams, write the trailer."""
+        if self._closed:
+            return
+        try:
+            with _output_errors(self.path):
+                if self.frames_written == 0:
+                    raise InputDataError(f"{self.info.path}: no video frames were written")
+                self._mux(self._video.encode(None))
+                end = None
+                if self.trim:
+                    end = (self._last_pts + expected_step(self.info.video)) * self.info.video.time_base
+                self._carry(until=end)
+                for route in self._routes:
+                    self._mux(route.flush())
+                self._output.close()
+                self._source.close()
+                self._closed = True
+        finally:
+            if not self._closed:
+                self._abort()
+
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            if packet.size:  # encoders flush with empty packets; muxers reject them
+                self._output.mux(packet)
+
+    def _carry(self, until: Fraction | None) -> None:
+        """Mux side packets that start before ``until`` (seconds; None = all), read lazily."""
+        while True:
+            packet = self._pending or self._next_side_packet()
+            self._pending = None
+            if packet is None:
+                return
+            if not packet.size:
+                continue
+            start = _time(packet)
+            if until is not None and start is not None and start >= until:
+                self._pending = packet
+                return
+            if self.trim and start is not None and self._first_time is not None:
+                end = start + (packet.duration or 0) * packet.time_base
+                if end <= self._first_time:
+                    continue  # wholly before the first written frame
+            route = self._route_of(packet)
+            if route is None:
+                continue
+            try:
+                self._mux(route.packets(packet))
+            except av.error.InvalidDataError:  # a damaged audio/subtitle packet in a transcoded stream
+                self._warn(f"a damaged packet of stream {packet.stream.index} was skipped")
+
+    def _next_side_packet(self) -> av.Packet | None:
+        """The next packet of the other streams; damage there ends them early, with a warning."""
+        try:
+            return next(self._side, None)
+        except av.error.FFmpegError as e:
+            if isinstance(e, OSError) and not isinstance(e, av.error.InvalidDataError):
+                raise
+            self._warn(f"the other streams end early at damaged data ({first_line(e)})")
+            self._side = iter(())
+            return None
+
+    def _warn(self, message: str) -> None:
+        self.emit(Event("warning", path=str(self.info.path), message=message))
+
+    def _route_of(self, packet) -> Route | None:
+        for route in self._routes:
+            if route.source.index == packet.stream.index:
+                return route
+        return None
+
+    # --- context manager and cleanup -------------------------------------------------------------
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abort()
+
+    def _abort(self) -> None:
+        """Release both containers after a failure; the file is left for the caller to delete."""
+        self._closed = True
+        for container in (self._output, self._source):
+            if container is not None:
+                with contextlib.suppress(Exception):
+                    container.close()
+
+
+def _time(packet) -> Fraction | None:
+    ts = packet.pts if packet.pts is not None else packet.dts
+    return ts * packet.time_base if ts is not None else None
+
+
+@contextlib.contextmanager
+def _output_errors(path: Path):
+    """Disk full, permission denied and friends become one-line OutputErrors (exit 74)."""
+    try:
+        yield
+    except OSError as e:  # av.error.OSError and av.error.PermissionError are OSError subclasses
+        reason = e.strerror or errno.errorcode.get(e.errno or 0) or str(e)
+        raise OutputError(f"{path}: {reason.splitlines()[0]}") from None
+
+
+# --- RGB -> Y'CbCr -------------------------------------------------------------------------------
+
+
+def from_rgb(image: np.ndarray, pix_fmt: str, video: VideoInfo) -> av.VideoFrame:
+    """An encoder-ready frame in ``pix_fmt``, quantised with rounding and clipping.
+
+    The matrix and range are the input's (``video.matrix`` / ``video.full_range``), so a decode ->
+    encode round trip is colour-neutral. Chroma is subsampled with MPEG-2/H.264 siting: a [1, 2, 1]
+    filter centred on even columns, the mean of row pairs.
+    """
+    fmt = av.VideoFormat(pix_fmt)
+    h, w = image.shape[:2]
+    depth = max(c.bits for c in fmt.components)
+    top = (1 << depth) - 1
+    if fmt.is_rgb:
+        packed = "rgb48le" if depth > 8 else "rgb24"
+        codes = np.clip(np.rint(image * np.iinfo(np.uint16 if depth > 8 else np.uint8).max), 0, None)
+        frame = av.VideoFrame.from_ndarray(codes.astype(np.uint16 if depth > 8 else np.uint8), format=packed)
+        return frame.reformat(format=pix_fmt)  # a repack, no matrix involved
+    kr, kb = MATRICES[video.matrix]
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    y = kr * r + (1 - kr - kb) * g + kb * b  # (H, W)
+    step = 1 << (depth - 8)
+    planes = [np.clip(np.rint(y * top if video.full_range else 16 * step + 219 * step * y), 0, top)]
+    if len(fmt.components) >= 3:
+        cb = (b - y) / (2 * (1 - kb))
+        cr = (r - y) / (2 * (1 - kr))
+        sx = (w // fmt.chroma_width(w)).bit_length() - 1 if fmt.chroma_width(w) else 0
+        sy = (h // fmt.chroma_height(h)).bit_length() - 1 if fmt.chroma_height(h) else 0
+        span = top if video.full_range else 224 * step
+        for c in (cb, cr):
+            c = _subsample_rows(_subsample_columns(c, sx), sy)
+            planes.append(np.clip(np.rint((1 << (depth - 1)) + span * c), 0, top))
+    frame = av.VideoFrame(w, h, pix_fmt)
+    dtype = np.uint16 if depth > 8 else np.uint8
+    for plane, values in zip(frame.planes, planes):
+        buffer = np.zeros((plane.height, plane.line_size // np.dtype(dtype).itemsize), dtype=dtype)
+        buffer[:, : plane.width] = values
+        plane.update(buffer)
+    frame.color_range = RANGE_JPEG if video.full_range else RANGE_MPEG
+    frame.colorspace = video.matrix
+    return frame
+
+
+def _subsample_columns(c: np.ndarray, log2: int) -> np.ndarray:
+    for _ in range(log2):
+        padded = np.pad(c, ((0, 0), (1, 1)), mode="edge")  # (H, W + 2)
+        c = (padded[:, 0:-2:2] + 2 * padded[:, 1:-1:2] + padded[:, 2::2]) / 4  # co-sited with even columns
+    return c
+
+
+def _subsample_rows(c: np.ndarray, log2: int) -> np.ndarray:
+    for _ in range(log2):
+        if c.shape[0] % 2:
+            c = np.pad(c, ((0, 1), (0, 0)), mode="edge")
+        c = (c[0::2] + c[1::2]) / 2  # centred between row pairs
+    return c
