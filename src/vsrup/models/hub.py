@@ -1,0 +1,167 @@
+"""Model files: a local diffusers folder, or the files a job needs from a Hub repo, via the standard cache.
+
+Only the diffusers subfolders the upscaler loads are fetched (configs, tokenizer, one safetensors file
+per network), never the repo's single-file checkpoints or duplicate ``.bin`` weights; with a half
+precision dtype the ``fp16`` weight variant is taken where the repo has it. Everything goes through
+huggingface_hub, which itself honours HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT and HF_TOKEN.
+
+Without a network (or with HF_HUB_OFFLINE=1) a job uses the cached snapshot of the revision, with
+whichever weight variant is cached; without one it fails with a ``ModelError`` that says how to fix it.
+
+Progress: one ``info`` event per file actually fetched (name and size). huggingface_hub's own
+progress bars are silenced where it accepts a ``tqdm_class`` (recent versions), since the library
+never prints; it offers no byte-progress callback other than a tqdm class.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from vsrup.errors import ModelError
+from vsrup.events import Emit, Event, ignore
+
+CONFIG_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "low_res_scheduler/scheduler_config.json",
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+)
+TOKENIZER_DIR = "tokenizer"
+WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+HALF_VARIANT = "fp16"
+
+
+def pick_weights(files: Iterable[str], subfolder: str, half: bool) -> str | None:
+    """The one weight file of ``subfolder`` to load: the fp16 variant first for half precision jobs,
+    the full-precision file first otherwise, falling back to the other; None when neither exists."""
+    stem = f"{subfolder}/{WEIGHT_STEMS[subfolder]}"
+    full, variant = f"{stem}.safetensors", f"{stem}.{HALF_VARIANT}.safetensors"
+    available = set(files)
+    for name in (variant, full) if half else (full, variant):
+        if name in available:
+            return name
+    return None
+
+
+def plan_files(files: Iterable[str], half: bool) -> tuple[list[str], list[str]]:
+    """(files to use, what is missing) for a repo or folder holding ``files`` (paths relative to its root)."""
+    available = sorted(set(files))
+    wanted = [f for f in CONFIG_FILES if f in available]
+    missing = [f for f in CONFIG_FILES if f not in available]
+    tokenizer = [f for f in available if f.startswith(TOKENIZER_DIR + "/")]
+    wanted += tokenizer
+    missing += [] if tokenizer else [TOKENIZER_DIR + "/"]
+    for subfolder in WEIGHT_STEMS:
+        weights = pick_weights(available, subfolder, half)
+        wanted += [weights] if weights else []
+        missing += [] if weights else [f"{subfolder}/{WEIGHT_STEMS[subfolder]}.safetensors"]
+    return wanted, missing
+
+
+def variant_of(weights_file: str) -> str | None:
+    """``unet/diffusion_pytorch_model.fp16.safetensors`` -> ``fp16``; the full-precision file -> None."""
+    return HALF_VARIANT if weights_file.endswith(f".{HALF_VARIANT}.safetensors") else None
+
+
+def resolve(model: str, revision: str | None, half: bool, emit: Emit = ignore) -> Path:
+    """A folder in diffusers layout holding what a job needs: ``model`` itself when it is a local folder,
+    else the snapshot of Hub repo ``model`` in the cache (fetching missing files when the Hub can be reached)."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        check_complete(folder, half, f"local model folder {folder}")
+        return folder
+    return fetch(model, revision, half, emit)
+
+
+def download(model: str, revision: str | None = None, emit: Emit = ignore, *, half: bool = False) -> Path:
+    """``vsrup download``: fetch ``model`` (short name or repo id) into the cache now; returns the snapshot.
+
+    ``half=False`` fetches the full-precision weights, which serve every dtype (a half precision job
+    prefers the fp16 variant when online, but uses cached full-precision weights offline).
+    """
+    from vsrup.models.registry import repo_for
+
+    repo = repo_for(model)
+    path = fetch(repo, revision, half, emit)
+    emit(Event("info", message=f"{repo} is in the Hugging Face cache at {path}"))
+    return path
+
+
+def check_complete(folder: Path, half: bool, what: str) -> None:
+    files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    _, missing = plan_files(files, half)
+    if missing:
+        raise ModelError(f"{what} is incomplete: missing {', '.join(missing)}")
+
+
+def fetch(repo: str, revision: str | None, half: bool, emit: Emit) -> Path:
+    from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    at = f"{repo}@{revision}" if revision else repo
+    # 1. Ask the Hub what the revision holds; offline or unreachable -> the cached snapshot.
+    try:
+        info = HfApi().model_info(repo, revision=revision, files_metadata=True)
+    except GatedRepoError:
+        raise ModelError(f"{at} is gated: accept its terms on huggingface.co and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"{at} was not found on the Hugging Face Hub (private repos need HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise ModelError(f"revision {revision!r} of {repo} does not exist") from None
+    except Exception as error:
+        if not (unreachable(error) or isinstance(error, HfHubHTTPError)):
+            raise
+        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the Hub cannot be reached ({type(error).__name__})"
+        return cached_snapshot(repo, revision, half, reason)
+
+    # 2. Fetch the planned files that are not cached yet.
+    sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
+    wanted, missing = plan_files(sizes, half)
+    if missing:
+        raise ModelError(f"{at} is not a diffusers x4 upscaler repo: missing {', '.join(missing)}")
+    silent = {"tqdm_class": _Silent} if "tqdm_class" in inspect.signature(hf_hub_download).parameters else {}
+    for name in wanted:
+        if not isinstance(try_to_load_from_cache(repo, name, revision=info.sha), str):
+            emit(Event("info", message=f"downloading {repo}/{name} ({sizes[name] / 1e9:.2f} GB)"))
+        try:
+            local = Path(hf_hub_download(repo, name, revision=revision, **silent))
+        except Exception as error:
+            if not unreachable(error):
+                raise
+            raise ModelError(f"downloading {repo}/{name} failed: the connection to the Hub was lost; run again") from None
+    return local.parents[len(Path(name).parts) - 1]  # the snapshot folder the last file was placed in
+
+
+def cached_snapshot(repo: str, revision: str | None, half: bool, reason: str) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo, revision=revision, local_files_only=True, allow_patterns=[CONFIG_FILES[0]]))
+    except LocalEntryNotFoundError:
+        raise ModelError(
+            f"model {repo} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {reason}; "
+            f"run `vsrup download {repo}` on a connected machine, or set HF_HOME to a cache that has it"
+        ) from None
+    check_complete(folder, half, f"the cached copy of {repo} ({folder})")
+    return folder
+
+
+def unreachable(error: Exception) -> bool:
+    """Offline mode, or a network failure of whichever HTTP client this huggingface_hub uses."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(names & {"OfflineModeIsEnabled", "ConnectionError", "ConnectError", "TimeoutException", "Timeout"})
+
+
+class _Silent(tqdm):
+    """huggingface_hub's per-file progress bar, never drawn (the library never prints)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)

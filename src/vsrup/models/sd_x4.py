@@ -1,0 +1,309 @@
+"""The Stable Diffusion x4 upscaler family: its configs as data, loading, and ``DiffusionUpscaler``.
+
+``DiffusionUpscaler`` loads a diffusers-layout folder (a Hub snapshot or a local folder), encodes the
+prompts once, then upscales clips with the loop in ``vsrup.sampling.loop``. With tiling, motion
+guidance, propagation and colour fix off, frame i equals diffusers'
+``StableDiffusionUpscalePipeline(prompt, image=frame_i, ..., generator=Generator().manual_seed(seed + i))``
+(tests/test_sampler.py measures it).
+
+The configs below are those of ``stabilityai/stable-diffusion-x4-upscaler``. Sources: the field list and
+values in reference/seeds.md §4 and perf.md §3 (which checked them against the original
+``x4-upscaling.yaml`` and Upscale-A-Video's copy of ``unet/config.json``), and the parameter counts they
+reproduce (UNet 473.4 M, VAE 55.3 M, text encoder 340.4 M = 1.36 GB in fp32; tests/test_models.py).
+Values marked ``# unsure`` are diffusers defaults or recalled from the repo's config.json files, and
+change no parameter count; the benchmark only needs shapes and compute to match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from vsrup.config import SampleConfig, UpscaleConfig
+from vsrup.device import is_half, job_seconds, resolve_device, resolve_dtype, vae_dtype
+from vsrup.errors import ModelError, UsageError
+from vsrup.events import Emit, Event, ignore
+from vsrup.models import hub
+from vsrup.sampling.loop import StepHook, TextEmbeddings, UNetDenoiser, decode, sample_clip
+from vsrup.sampling.schedulers import SCHEDULERS, build_scheduler
+
+MAX_NOISE_LEVEL = 350  # model_index.json "max_noise_level"; the pipeline raises above it
+SCALE = 4  # VAE: 3 levels -> 2 downsamples; the latent grid is the low-resolution grid
+
+UNET_CONFIG: dict[str, Any] = dict(
+    sample_size=128,  # unsure (128 or 64): metadata only, does not change the network
+    in_channels=7,  # 4 latent + 3 noise-augmented low-resolution RGB
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(256, 512, 512, 1024),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    only_cross_attention=(True, True, True, False),  # levels 1-3: attn1 is cross-attention too
+    attention_head_dim=8,  # read by diffusers as 8 heads (64 / 64 / 128 dims per head)
+    cross_attention_dim=1024,
+    use_linear_projection=True,
+    num_class_embeds=1000,  # the noise level 0..350 enters as a class label
+    norm_num_groups=32,  # unsure: diffusers default, as in every SD UNet
+    norm_eps=1e-5,  # unsure: diffusers default
+    act_fn="silu",  # unsure: diffusers default
+    flip_sin_to_cos=True,  # unsure: diffusers default, as in SD 2
+    freq_shift=0,  # unsure: diffusers default, as in SD 2
+    downsample_padding=1,  # unsure: diffusers default
+    mid_block_scale_factor=1,  # unsure: diffusers default
+)
+
+VAE_CONFIG: dict[str, Any] = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(128, 256, 512),  # 3 levels: factor-4 latent
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    layers_per_block=2,
+    norm_num_groups=32,  # unsure: diffusers default
+    act_fn="silu",  # unsure: diffusers default
+    sample_size=256,  # unsure: metadata only
+    scaling_factor=0.08333,
+)
+
+TEXT_ENCODER_CONFIG: dict[str, Any] = dict(  # OpenCLIP ViT-H/14 text tower, last of 24 layers cut (SD 2 style)
+    vocab_size=49408,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    max_position_embeddings=77,
+    hidden_act="gelu",  # unsure: SD 2's text_encoder/config.json has "gelu" (OpenCLIP), not quick_gelu
+    projection_dim=512,  # unsure: the projection is not used by the pipeline
+    layer_norm_eps=1e-5,
+)
+
+TOKENIZER_FACTS = dict(  # CLIPTokenizer files (vocab.json, merges.txt) cannot be rebuilt from numbers
+    model_max_length=77,
+    vocab_size=49408,
+    pad_token="!",  # unsure: SD 2 tokenizers pad with "!" (OpenCLIP pads with id 0), not <|endoftext|>
+)
+
+SCHEDULER_CONFIG: dict[str, Any] = dict(  # scheduler/scheduler_config.json (DDIMScheduler)
+    num_train_timesteps=1000,
+    beta_start=0.0001,
+    beta_end=0.02,
+    beta_schedule="scaled_linear",
+    prediction_type="v_prediction",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    # timestep_spacing is absent from the file, so DDIM's default "leading" applies
+)
+
+LOW_RES_SCHEDULER_CONFIG: dict[str, Any] = dict(  # low_res_scheduler/scheduler_config.json (DDPMScheduler)
+    num_train_timesteps=1000,
+    beta_start=0.0001,
+    beta_end=0.02,
+    beta_schedule="scaled_linear",
+    clip_sample=True,  # unsure: irrelevant, add_noise never clips
+    variance_type="fixed_small",  # unsure: irrelevant, add_noise never uses it
+    # prediction_type: "epsilon" (the default); irrelevant for add_noise
+)
+
+
+def build_random_components(device: str | torch.device = "meta", dtype: torch.dtype = torch.float32) -> dict:
+    """Full-size random-weight networks and the schedulers, from the configs above.
+
+    ``device="meta"`` allocates nothing (parameter counts, shapes); a real device allocates and
+    initialises there (the benchmark: timing does not need real weights). No tokenizer: its files
+    cannot be rebuilt from the facts above; benchmarks feed token ids directly.
+    """
+    with torch.device(device):
+        unet = UNet2DConditionModel(**UNET_CONFIG).to(dtype)
+        vae = AutoencoderKL(**VAE_CONFIG).to(vae_dtype(dtype))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG)).to(dtype)
+    return dict(
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        low_res_scheduler=DDPMScheduler(**LOW_RES_SCHEDULER_CONFIG),
+    )
+
+
+def check_sample_config(sample: SampleConfig) -> None:
+    """The sampler options this model cannot run with (UsageError, before anything loads)."""
+    if not 0 <= sample.noise_level <= MAX_NOISE_LEVEL:
+        raise UsageError(f"--noise-level must be between 0 and {MAX_NOISE_LEVEL}, got {sample.noise_level}")
+    if sample.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {sample.steps}")
+    if sample.scheduler not in SCHEDULERS:
+        raise UsageError(f"unknown scheduler {sample.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+
+
+def weights_variant(folder: Path, subfolder: str, half: bool) -> str | None:
+    """Which weight file of ``folder/subfolder`` to load: ``"fp16"`` for the fp16 variant, None for the plain one."""
+    files = [f"{subfolder}/{p.name}" for p in (folder / subfolder).iterdir()]
+    return hub.variant_of(hub.pick_weights(files, subfolder, half))
+
+
+def embed_prompts(
+    folder: Path, sample: SampleConfig, device: torch.device, dtype: torch.dtype, emit: Emit
+) -> TextEmbeddings:
+    """Run the text encoder once for the job's prompt (and negative prompt when guided); it is freed on return."""
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(
+        folder, subfolder="text_encoder", variant=weights_variant(folder, "text_encoder", is_half(dtype))
+    )
+    text_encoder = text_encoder.to(device, dtype).eval()
+
+    def encode(text: str, what: str) -> torch.Tensor:
+        ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        if len(tokenizer(text).input_ids) > tokenizer.model_max_length:
+            emit(Event("warning", message=f"the {what} is longer than {tokenizer.model_max_length} tokens; the rest is ignored"))
+        return text_encoder(ids.to(device))[0]  # (1, 77, D)
+
+    with torch.no_grad():
+        cond = encode(sample.prompt, "prompt")
+        uncond = encode(sample.negative_prompt or "", "negative prompt") if sample.guidance > 1.0 else None
+    del text_encoder
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return TextEmbeddings(cond=cond, uncond=uncond)
+
+
+def load_networks(folder: Path, device: torch.device, dtype: torch.dtype) -> tuple:
+    """(UNet, VAE upcast for fp16, the sampling scheduler's config, the low-res noise scheduler) from ``folder``."""
+    half = is_half(dtype)
+    unet = UNet2DConditionModel.from_pretrained(
+        folder, subfolder="unet", torch_dtype=dtype, variant=weights_variant(folder, "unet", half)
+    )
+    vae = AutoencoderKL.from_pretrained(
+        folder, subfolder="vae", torch_dtype=vae_dtype(dtype), variant=weights_variant(folder, "vae", half)
+    )
+    scheduler_config = DDIMScheduler.load_config(folder, subfolder="scheduler")
+    low_res_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="low_res_scheduler")
+    return unet.to(device).eval(), vae.to(device).eval(), scheduler_config, low_res_scheduler
+
+
+class DiffusionUpscaler:
+    """The x4 upscaler as an ``Upscaler``: (T, h, w, 3) in [0, 1] -> (T, 4h, 4w, 3), frame i seeded ``seed + i``."""
+
+    scale = SCALE
+
+    def __init__(self, config: UpscaleConfig, emit: Emit = ignore):
+        from vsrup.models.registry import model_source
+
+        self.sample, self.emit = config.sample, emit
+        check_sample_config(self.sample)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        source = model_source(config.model)
+        folder = hub.resolve(source, config.revision, is_half(self.dtype), emit)
+        named = config.model if source == config.model else f"{config.model} ({source})"
+        emit(Event("info", message=f"model {named} from {folder}, on {self.device} in {str(self.dtype).removeprefix('torch.')}"))
+        try:
+            with quiet_libraries():
+                # 1. Prompts first: the text encoder never shares the device with the UNet.
+                self.text = embed_prompts(folder, self.sample, self.device, self.dtype, emit)
+                # 2. The networks and the schedulers.
+                self.unet, self.vae, self.scheduler_config, self.low_res_scheduler = load_networks(
+                    folder, self.device, self.dtype
+                )
+        except (OSError, ValueError, KeyError) as error:  # corrupt or mismatched files
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelError(f"cannot load {source} from {folder}: {first_line}") from None
+        if self.unet.config.in_channels != 7 or 2 ** (len(self.vae.config.block_out_channels) - 1) != SCALE:
+            raise ModelError(f"{source} is not an x4 upscaler (UNet in_channels 7, VAE factor 4)")
+        self.warned = False
+        self.seconds_per_latent_px: float | None = None
+
+    def upscale(self, frames: np.ndarray, indices: Sequence[int], hook: StepHook | None = None) -> np.ndarray:
+        """(T, h, w, 3) float32 in [0, 1] -> (T, 4h, 4w, 3) float32 in [0, 1]; ``hook`` acts inside every step."""
+        s = self.sample
+        # 1. RGB [0, 1] -> [-1, 1] in float32, then the compute dtype (diffusers' VaeImageProcessor order).
+        low_res = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).permute(0, 3, 1, 2)  # (T, 3, h, w)
+        low_res = (2.0 * low_res - 1.0).to(self.device, self.dtype)  # (T, 3, h, w)
+        # 2. One CPU generator per frame, seeded by its index in the input.
+        generators = [torch.Generator("cpu").manual_seed(s.seed + int(i)) for i in indices]
+        with torch.no_grad():
+            # 3. Sample the clip's latents together; a fresh scheduler per clip.
+            scheduler = build_scheduler(s.scheduler, self.scheduler_config)
+            latents = sample_clip(
+                UNetDenoiser(self.unet), scheduler, self.low_res_scheduler, low_res, self.text, generators,
+                steps=s.steps, guidance=s.guidance, noise_level=s.noise_level,
+                latent_channels=self.unet.config.out_channels, hook=hook,
+            )  # (T, 4, h, w)
+            # 4. Decode, [-1, 1] -> [0, 1].
+            images = decode(self.vae, latents)  # (T, 3, 4h, 4w)
+            images = (images / 2 + 0.5).clamp(0, 1)  # (T, 3, 4h, 4w)
+        return images.float().permute(0, 2, 3, 1).cpu().numpy()  # (T, 4h, 4w, 3)
+
+    def estimate_seconds(self, n_frames: int, height: int, width: int) -> float:
+        """Seconds to upscale ``n_frames`` frames of ``height`` x ``width`` on this device (see ``job_seconds``).
+
+        Measures one UNet evaluation (batch 1, the conditional half only) on a probe latent of at most
+        64 x 64, after an 8 x 8 warm-up call, once per upscaler, and scales it per latent pixel.
+        """
+        if self.seconds_per_latent_px is None:
+            ph, pw = min(height, 64), min(width, 64)
+            unet = UNetDenoiser(self.unet)
+            t = torch.tensor(999, device=self.device)
+            text = self.text.cond.to(self.device)  # (1, 77, D)
+            level = torch.tensor([self.sample.noise_level], device=self.device)  # (1,)
+            with torch.no_grad():
+                unet(torch.zeros((1, 7, 8, 8), device=self.device, dtype=self.dtype), t, text, level)  # warm-up
+                x = torch.zeros((1, 7, ph, pw), device=self.device, dtype=self.dtype)  # (1, 7, ph, pw)
+                start = _now(self.device)
+                unet(x, t, text, level)  # (1, 4, ph, pw)
+                self.seconds_per_latent_px = (_now(self.device) - start) / (ph * pw)
+        s = self.sample
+        return job_seconds(self.seconds_per_latent_px, n_frames, height, width, s.steps, s.guidance > 1.0)
+
+    def warn_if_cpu(self, n_frames: int, height: int, width: int) -> None:
+        """Once per upscaler, on the CPU: a ``warning`` event with the job's estimated time."""
+        if self.device.type != "cpu" or self.warned:
+            return
+        self.warned = True
+        seconds = self.estimate_seconds(n_frames, height, width)
+        self.emit(Event(
+            "warning",
+            message=f"running on the CPU: about {_duration(seconds)} for {n_frames} frame(s) of {width}x{height} "
+            f"({self.sample.steps} steps{', CFG' if self.sample.guidance > 1.0 else ''}; from one measured UNet step)",
+            data={"estimate_seconds": round(seconds, 1)},
+        ))
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence diffusers' and transformers' loggers and loading bars for the block (the library never prints)."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _, _ in saved:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, verbosity, bars in saved:
+            lib.set_verbosity(verbosity)
+            if bars:
+                lib.enable_progress_bar()
+
+
+def _now(device: torch.device) -> float:
+    import time
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"

@@ -1,0 +1,185 @@
+"""The x4 upscaler's denoising loop, written out: one clip of T frames sampled together.
+
+It follows diffusers' ``StableDiffusionUpscalePipeline.__call__`` step for step, so that with the
+same components, scheduler and per-frame generators it gives the same frames. What differs is only
+batching: T frames share every model call, and each frame draws its noise from its own generator.
+
+Notation (v-prediction, Salimans & Ho 2022; classifier-free guidance, Ho & Salimans 2022)::
+
+    x_lr' = sqrt(a_s) x_lr + sqrt(1 - a_s) n          noise augmentation of the input, s = noise_level
+    v     = UNet([x_t ; x_lr'], t, text, class=s)     7-channel input, 4-channel output
+    v_g   = v_uncond + g (v_cond - v_uncond)          guidance g > 1 only
+    x_0   = sqrt(a_t) x_t - sqrt(1 - a_t) v_g         what the scheduler's step moves towards
+
+Plug-in points for the other modules:
+- ``Denoiser``: the model call on the full latent. The tiling module wraps ``UNetDenoiser`` to run it
+  tile by tile and blend the tiles' outputs; it sees neither the noise, the guidance combination,
+  nor the scheduler.
+- ``StepHook``: called once per step between the model call and the scheduler step with the latents
+  and the guided model output. Motion guidance and latent propagation replace either there.
+- ``decode``: the full-frame VAE decode; the tiling module provides a tiled one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class TextEmbeddings:
+    """The prompt's encoder states, computed once per job."""
+
+    cond: torch.Tensor  # (1, 77, D) prompt
+    uncond: torch.Tensor | None  # (1, 77, D) negative prompt; None when guidance is off
+
+
+@dataclass(frozen=True)
+class Step:
+    """The state a ``StepHook`` sees and may replace: step ``index`` of the loop at ``timestep``.
+
+    For ddim, ddpm, dpm++ 2m and unipc the latents are x_t itself, so with a = ``alpha_prod``::
+
+        x0 = sqrt(a) x_t - sqrt(1 - a) v        eps = sqrt(1 - a) x_t + sqrt(a) v
+
+    Editing x0 by d with eps kept: latents + sqrt(a) d and model_output - sqrt(1 - a) d.
+    Editing x0 with the latents kept: model_output = (sqrt(a) x_t - x0') / sqrt(1 - a).
+    Euler holds x_t * sqrt(1 + sigma^2) instead (sigma^2 = (1 - a) / a).
+    """
+
+    index: int  # 0-based position in the schedule
+    timestep: torch.Tensor  # scheduler timestep t (0-dim)
+    alpha_prod: torch.Tensor  # a = alphas_cumprod[t] (0-dim, float32)
+    latents: torch.Tensor  # (T, 4, h, w) x_t, in the scheduler's own parametrisation
+    model_output: torch.Tensor  # (T, 4, h, w) guided model output (v for this model)
+
+
+StepHook = Callable[[Step], Step]
+
+
+class Denoiser(Protocol):
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, noise_level: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, 7, h, w) model input, timestep, (B, 77, D) text, (B,) noise levels -> (B, 4, h, w)."""
+        ...
+
+
+class UNetDenoiser:
+    """The full-frame model call: the UNet on the 7-channel input, the noise level as its class label."""
+
+    def __init__(self, unet):
+        self.unet = unet
+
+    def __call__(self, x, t, text, noise_level):
+        return self.unet(x, t, encoder_hidden_states=text, class_labels=noise_level, return_dict=False)[0]
+
+
+def frame_noise(
+    generators: Sequence[torch.Generator], channels: int, height: int, width: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """One standard-normal draw of (1, channels, height, width) from each frame's CPU generator, on the CPU.
+
+    This is what diffusers' ``randn_tensor`` does with a list of generators (and with a single one for one
+    image), so frame i's draws do not depend on the other frames of the batch.
+    """
+    draws = [torch.randn((1, channels, height, width), generator=g, dtype=dtype) for g in generators]
+    return torch.cat(draws)  # (T, channels, height, width)
+
+
+def predict(
+    denoiser: Denoiser,
+    latents: torch.Tensor,
+    image: torch.Tensor,
+    t: torch.Tensor,
+    text: torch.Tensor,
+    noise_level: torch.Tensor,
+    guidance: float,
+) -> torch.Tensor:
+    """One guided model output for the full latent: (T, 4, h, w) scaled latents -> (T, 4, h, w).
+
+    With guidance (> 1) ``text`` and ``noise_level`` hold the unconditional half first: (2T, 77, D), (2T,).
+    """
+    guided = guidance > 1.0
+    # 1. Batch the unconditional and conditional passes into one model call.
+    if guided:
+        latents = torch.cat([latents, latents])  # (2T, 4, h, w)
+        image = torch.cat([image, image])  # (2T, 3, h, w)
+    x = torch.cat([latents, image], dim=1)  # (B, 7, h, w)
+    out = denoiser(x, t, text, noise_level)  # (B, 4, h, w)
+    # 2. Classifier-free guidance.
+    if guided:
+        uncond, cond = out.chunk(2)  # (T, 4, h, w) each
+        out = uncond + guidance * (cond - uncond)  # (T, 4, h, w)
+    return out
+
+
+def sample_clip(
+    denoiser: Denoiser,
+    scheduler,
+    low_res_scheduler,
+    low_res: torch.Tensor,
+    text: TextEmbeddings,
+    generators: Sequence[torch.Generator],
+    steps: int,
+    guidance: float,
+    noise_level: int,
+    latent_channels: int = 4,
+    hook: StepHook | None = None,
+) -> torch.Tensor:
+    """Sample the latents of one clip: (T, 3, h, w) low-resolution frames in [-1, 1] -> (T, 4, h, w).
+
+    ``scheduler`` must be fresh for this clip (it holds per-run state); ``generators`` holds one CPU
+    generator per frame, seeded ``seed + frame index``. ``low_res`` sets device and dtype.
+    """
+    t_frames, _, height, width = low_res.shape  # (T, 3, h, w)
+    device, dtype = low_res.device, low_res.dtype
+    guided = guidance > 1.0
+
+    # 1. Text conditioning, unconditional half first, one row per model-batch entry.
+    cond = text.cond.to(device).expand(t_frames, -1, -1)  # (T, 77, D)
+    if guided:
+        uncond = text.uncond.to(device).expand(t_frames, -1, -1)  # (T, 77, D)
+        cond = torch.cat([uncond, cond])  # (2T, 77, D)
+
+    # 2. Timesteps.
+    scheduler.set_timesteps(steps, device=device)
+
+    # 3. Noise-augment the input; the first draw from each frame's generator.
+    levels = torch.full((t_frames,), noise_level, dtype=torch.long, device=device)  # (T,)
+    noise = frame_noise(generators, low_res.shape[1], height, width, dtype).to(device)  # (T, 3, h, w)
+    image = low_res_scheduler.add_noise(low_res, noise, levels)  # (T, 3, h, w)
+    class_labels = torch.cat([levels, levels]) if guided else levels  # (B,)
+
+    # 4. Initial latents; the second draw from each frame's generator.
+    latents = frame_noise(generators, latent_channels, height, width, dtype).to(device)  # (T, 4, h, w)
+    latents = latents * scheduler.init_noise_sigma  # (T, 4, h, w)
+
+    # 5. Ancestral schedulers (DDPM, Euler) draw step noise from the frames' generators too.
+    step_kwargs = {"generator": list(generators)} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+    # 6. Denoising loop.
+    for i, t in enumerate(scheduler.timesteps):
+        model_in = scheduler.scale_model_input(latents, t)  # (T, 4, h, w)
+        model_output = predict(denoiser, model_in, image, t, cond, class_labels, guidance)  # (T, 4, h, w)
+        if hook is not None:  # motion guidance / latent propagation act here
+            alpha_prod = scheduler.alphas_cumprod[int(t)]  # 0-dim
+            step = hook(Step(index=i, timestep=t, alpha_prod=alpha_prod, latents=latents, model_output=model_output))
+            latents, model_output = step.latents, step.model_output
+        latents = scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]  # (T, 4, h, w)
+    return latents
+
+
+def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Full-frame VAE decode, one frame at a time: (T, 4, h, w) -> (T, 3, 4h, 4w) in about [-1, 1].
+
+    Runs in the VAE's dtype (fp32 for fp16 jobs, see ``vsrup.device.vae_dtype``).
+    """
+    frames = []
+    for latent in latents.to(vae.dtype).split(1):  # (1, 4, h, w)
+        frames.append(vae.decode(latent / vae.config.scaling_factor, return_dict=False)[0])  # (1, 3, 4h, 4w)
+    return torch.cat(frames)  # (T, 3, 4h, 4w)
