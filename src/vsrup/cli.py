@@ -120,7 +120,7 @@ class Reporter:
             return
         elif event.kind in ("info", "skipped"):
             self.line(f"vsrup: {event.kind}: {event.path}: {event.message}" if event.path else f"vsrup: {event.message}")
-        elif event.kind == "start":
+        elif event.kind == "start" and self.err.is_terminal:  # a progress bar only where someone watches
             self.start(event)
         elif event.kind == "progress" and self.progress is not None:
             fps = event.done / max(time.monotonic() - self.started, 1e-9)
@@ -426,9 +426,14 @@ def root(
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line per error, documented exit codes, never a traceback for bad input."""
+    import logging
+
     from vsrup.outputs import install_signal_handlers
 
     install_signal_handlers()
+    # FFmpeg's messages reach Python logging as "libav"; its last error is already in the exception text.
+    if not os.environ.get("VSRUP_DEBUG"):
+        logging.getLogger("libav").setLevel(logging.CRITICAL + 1)
     try:
         code = app(args=argv, prog_name="vsrup", standalone_mode=False)
     except typer.Abort:

@@ -234,7 +234,7 @@ def _upscale_folder(job: Job, config: UpscaleConfig, emit: Emit) -> int:
 
     def items():
         for i, path in enumerate(paths):
-            image = read_image(path)
+            image = read_image(path, emit)
             yield FolderItem(i, image.rgb, image, targets[i])
 
     from vsrup.models import load_upscaler

@@ -40,6 +40,8 @@ def decode_frames(
     with open_input(info.path) as container:
         stream = container.streams[video.index]
         frames = _decoded(container, stream, video, allow_partial, path, emit)
+        if has_alpha(stream, video):
+            emit(Event("warning", path=path, message="the video has an alpha channel; the output is opaque (alpha is discarded)"))
         if deinterlace == "on" or (deinterlace == "auto" and video.interlaced):
             emit(Event("info", path=path, message="deinterlacing with bwdif (one frame out per frame in)"))
             frames = _bwdif(frames, stream, every_frame=deinterlace == "on")
@@ -63,6 +65,11 @@ def decode_frames(
             raise InputDataError(f"{path}: no video frame could be decoded")
         if repaired:
             emit(Event("warning", path=path, message=f"repaired {repaired} missing or out-of-order frame timestamps"))
+
+
+def has_alpha(stream, video: VideoInfo) -> bool:
+    """Alpha in the decoded pixels, or VP8/VP9 alpha that FFmpeg's native decoder does not return."""
+    return stream.metadata.get("alpha_mode") == "1" or any(c.is_alpha for c in av.VideoFormat(video.pix_fmt).components)
 
 
 def expected_step(video: VideoInfo) -> int:

@@ -1,0 +1,88 @@
+"""Peak RSS of `vsrup upscale` against video length: memory must not grow with the number of frames.
+
+    python benchmarks/bench_memory.py                       # 300 vs 3000 frames, 320x240, lanczos x2
+    python benchmarks/bench_memory.py --frames 300 3000 --model sd-x4 --extra "--steps 2"
+
+Each run is a fresh process; its peak RSS comes from wait4(). The target (issue 2): the long
+video's peak within 1.25x of the short one's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def make_video(path: Path, n: int, width: int, height: int, fps: int = 25) -> None:
+    """A moving gradient with noise, AAC audio alongside, so decode, remux and encode all work."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        audio = out.add_stream("aac", rate=48000)
+        yy, xx = np.mgrid[0:height, 0:width]
+        samples_per_frame = 48000 // fps
+        for i in range(n):
+            base = ((xx + 3 * i) % 256)[..., None] * np.array([1.0, 0.6, 0.3]) + (yy % 64)[..., None]
+            rgb = np.clip(base + rng.normal(0, 8, (height, width, 3)), 0, 255).astype(np.uint8)
+            out.mux(video.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+            t = (np.arange(samples_per_frame) + i * samples_per_frame) / 48000
+            tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+            frame = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, i * samples_per_frame, Fraction(1, 48000)
+            out.mux(audio.encode(frame))
+        out.mux(video.encode())
+        out.mux(audio.encode())
+
+
+def peak_rss(cmd: list[str]) -> tuple[int, float]:
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{shlex.join(cmd)} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+    return usage.ru_maxrss * 1024, time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, nargs="+", default=[300, 3000])
+    parser.add_argument("--size", default="320x240", help="WxH of the input")
+    parser.add_argument("--model", default="lanczos")
+    parser.add_argument("--scale", default="2")
+    parser.add_argument("--extra", default="", help="more vsrup options, quoted")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    width, height = map(int, args.size.split("x"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.frames:
+            src = Path(tmp) / f"in{n}.mp4"
+            make_video(src, n, width, height)
+            cmd = [sys.executable, "-m", "vsrup", "upscale", str(src), str(Path(tmp) / f"out{n}.mp4"), "--model", args.model,
+                   "--scale", args.scale, "--quiet", *shlex.split(args.extra)]
+            rss, seconds = peak_rss(cmd)
+            rows.append({"frames": n, "peak_rss_bytes": rss, "seconds": round(seconds, 2), "fps": round(n / seconds, 1)})
+    ratio = rows[-1]["peak_rss_bytes"] / rows[0]["peak_rss_bytes"]
+    if args.json:
+        print(json.dumps({"size": args.size, "model": args.model, "scale": args.scale, "rows": rows, "ratio": round(ratio, 3)}))
+        return
+    for r in rows:
+        print(f"{r['frames']:>6} frames  peak RSS {r['peak_rss_bytes'] / 2**20:8.1f} MiB  {r['seconds']:7.1f} s  {r['fps']:6.1f} fps")
+    print(f"ratio longest/shortest: {ratio:.3f} (target <= 1.25)")
+
+
+if __name__ == "__main__":
+    main()

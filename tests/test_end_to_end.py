@@ -1,0 +1,177 @@
+"""`vsrup` as a user runs it, in a subprocess: outputs, exit codes, signals, and nothing half-written.
+
+These use `--model lanczos` so they run in seconds; the diffusion model's end-to-end test lives
+in test_default_model.py.
+"""
+
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+import media_factory as mf
+
+
+def vsrup(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "vsrup", *map(str, args)], capture_output=True, text=True, timeout=300, **kw)
+
+
+def frames_of(path):
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        return [(f.time, f.width, f.height) for f in c.decode(stream)], [s.type for s in c.streams]
+
+
+def leftovers(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if "partial" in p.name]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_upscale_keeps_every_frame_time_and_the_audio(tmp_path):
+    src = mf.mp4_vfr(tmp_path)
+    out = tmp_path / "out" / "up.mp4"
+    result = vsrup("upscale", src, out, "-m", "lanczos", "-s", "2")
+    assert result.returncode == 0, result.stderr
+    (src_frames, src_kinds), (out_frames, out_kinds) = frames_of(src), frames_of(out)
+    assert len(out_frames) == len(src_frames)
+    assert [round(t, 3) for t, _, _ in out_frames] == [round(t, 3) for t, _, _ in src_frames]
+    assert {(w, h) for _, w, h in out_frames} == {(2 * src_frames[0][1], 2 * src_frames[0][2])}
+    assert out_kinds == src_kinds == ["video", "audio"]
+    assert leftovers(out.parent) == []
+
+
+def test_frames_span_writes_only_those_frames_with_their_times(tmp_path):
+    src = mf.mp4_aac(tmp_path)
+    out = tmp_path / "part.mp4"
+    assert vsrup("upscale", src, out, "-m", "lanczos", "-s", "2", "--frames", "3:7").returncode == 0
+    src_frames, _ = frames_of(src)
+    out_frames, kinds = frames_of(out)
+    assert [round(t, 3) for t, _, _ in out_frames] == [round(t, 3) for t, _, _ in src_frames[3:7]]
+    assert kinds == ["video", "audio"]
+
+
+@pytest.mark.parametrize("make", [mf.corrupt, mf.truncated, mf.moov_at_end_truncated, mf.audio_only, mf.empty_file, mf.text_file])
+def test_bad_input_exits_65_in_one_line_and_leaves_nothing(tmp_path, make):
+    src = make(tmp_path)
+    before = sha(src)
+    out = tmp_path / "out.mkv"
+    result = vsrup("upscale", src, out, "-m", "lanczos", "-s", "2")
+    assert result.returncode == 65, result.stderr
+    assert result.stderr.startswith("vsrup: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert not out.exists() and leftovers(tmp_path) == []
+    assert sha(src) == before
+
+
+def test_allow_partial_writes_what_decodes_with_a_warning(tmp_path):
+    src = mf.truncated(tmp_path)
+    out = tmp_path / "out.mkv"
+    result = vsrup("upscale", src, out, "-m", "lanczos", "-s", "2", "--allow-partial")
+    assert result.returncode == 0, result.stderr
+    assert "warning" in result.stderr
+    assert 0 < len(frames_of(out)[0]) < 30
+
+
+def test_output_io_error_exits_74_and_removes_the_temporary_file(tmp_path):
+    src = mf.long_mkv(tmp_path, frames=30)
+    out = tmp_path / "out.mkv"
+
+    def small_files():  # any file past 20 kB fails to grow: EFBIG (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    result = vsrup("upscale", src, out, "-m", "lanczos", "-s", "4", preexec_fn=small_files)
+    assert result.returncode == 74, result.stderr
+    assert "cannot write" in result.stderr or "File too large" in result.stderr
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_existing_output_is_refused_kept_or_replaced(tmp_path):
+    src = mf.mp4_aac(tmp_path)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    refused = vsrup("upscale", src, out, "-m", "lanczos", "-s", "2")
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+    kept = vsrup("upscale", src, out, "-m", "lanczos", "-s", "2", "--skip-existing")
+    assert kept.returncode == 0 and out.read_bytes() == b"precious"
+    replaced = vsrup("upscale", src, out, "-m", "lanczos", "-s", "2", "--overwrite")
+    assert replaced.returncode == 0 and len(frames_of(out)[0]) == 12
+
+
+def test_output_equal_to_input_is_refused(tmp_path):
+    src = mf.mp4_aac(tmp_path)
+    before = sha(src)
+    result = vsrup("upscale", src, src, "-m", "lanczos", "--overwrite")
+    assert result.returncode == 2 and "input" in result.stderr
+    assert sha(src) == before
+
+
+def test_batch_attempts_every_input_and_reports_failures_in_json(tmp_path):
+    good = mf.mp4_aac(tmp_path)
+    bad = mf.corrupt(tmp_path)
+    out = tmp_path / "outdir"
+    result = vsrup("upscale", good, bad, out, "-m", "lanczos", "-s", "2", "--format", "mkv", "--log-json")
+    assert result.returncode == 65
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and "progress" in kinds and "done" in kinds and "error" in kinds
+    assert events[-1] == {"event": "summary", "done": 1, "skipped": 0, "failed": 1, "failed_inputs": [str(bad)]}
+    assert (out / f"{good.stem}.mkv").exists()
+    assert not (out / f"{bad.stem}.mkv").exists() and leftovers(out) == []
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_run_exits_128_plus_signal_and_leaves_nothing(tmp_path, signum, code):
+    src = mf.make_video(tmp_path / "long.mp4", frames=400, size=(160, 120), audio=(mf.Audio("aac"),))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "vsrup", "upscale", str(src), str(out_dir / "o.mp4"), "-m", "lanczos", "-s", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not leftovers(out_dir) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert leftovers(out_dir), "the run never started writing"
+    time.sleep(0.3)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert list(out_dir.iterdir()) == []
+
+
+def test_frames_folder_keeps_names_depth_and_alpha_and_resumes(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ["2.png", "10.png", "1.png"]:
+        Image.fromarray((rng.random((12, 16, 3)) * 255).astype(np.uint8)).save(src / name)
+    rgba16 = (rng.random((12, 16, 4)) * 65535).astype(np.uint16)
+    import cv2
+
+    cv2.imwrite(str(src / "3.png"), rgba16)
+    out = tmp_path / "out"
+    result = vsrup("frames", src, out, "-m", "lanczos", "-s", "2")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["1.png", "10.png", "2.png", "3.png"]
+    deep = cv2.imread(str(out / "3.png"), cv2.IMREAD_UNCHANGED)
+    assert deep.dtype == np.uint16 and deep.shape == (24, 32, 4)
+    assert Image.open(out / "1.png").size == (32, 24)
+    # resume: one output lost, the others untouched
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (out / "10.png").unlink()
+    again = vsrup("frames", src, out, "-m", "lanczos", "-s", "2", "--skip-existing")
+    assert again.returncode == 0, again.stderr
+    assert (out / "10.png").exists()
+    assert all(p.stat().st_mtime_ns == stamps[p.name] for p in out.iterdir() if p.name != "10.png")
