@@ -1,0 +1,52 @@
+"""The README's main command with no --model: the SD x4 upscaler, loaded from a seeded Hugging Face cache.
+
+The cache holds tiny random components under the real repo id with HF_HUB_OFFLINE=1, so the real
+loading code runs and the job takes seconds on a CPU.
+"""
+
+import subprocess
+import sys
+
+import av
+
+import media_factory as mf
+from tiny_sd import tiny_sd_x4_cache  # noqa: F401  (fixture)
+
+
+def vsrup(*args):
+    return subprocess.run([sys.executable, "-m", "vsrup", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def streams(path):
+    with av.open(str(path)) as c:
+        video = c.streams.video[0]
+        times = [round(f.time, 4) for f in c.decode(video)]
+        return times, (video.width, video.height), [(s.type, s.codec_context.name) for s in c.streams]
+
+
+def test_readme_command_runs_end_to_end_from_the_cache(tiny_sd_x4_cache, tmp_path):
+    src = mf.make_video(tmp_path / "in.mp4", frames=10, size=(24, 16), audio=(mf.Audio("aac", language="eng"),))
+    out = tmp_path / "out.mp4"
+    result = vsrup("upscale", src, out, "--scale", "4")
+    assert result.returncode == 0, result.stderr
+    assert "running on the CPU: about" in result.stderr  # the time estimate comes before the long work
+    src_times, (w, h), src_streams = streams(src)
+    out_times, size, out_streams = streams(out)
+    assert out_times == src_times  # one output frame per input frame, each at its input time
+    assert size == (4 * w, 4 * h)
+    assert out_streams == src_streams == [("video", "h264"), ("audio", "aac")]
+    with av.open(str(out)) as c:
+        assert c.streams.audio[0].language == "eng"
+
+
+def test_offline_without_a_cached_copy_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    src = mf.mp4_aac(tmp_path)
+    out = tmp_path / "out.mp4"
+    result = vsrup("upscale", src, out)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "vsrup download" in lines[0] and "Traceback" not in result.stderr
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if "partial" in p.name]
