@@ -18,14 +18,20 @@ Weights. A tile's weight is 1 everywhere except in the bands it shares with a ne
 where it ramps down towards its own edge; sides flush with the frame edge keep weight 1. Along
 one axis, inside an overlap of width L, position u = (i + 0.5) / L runs from the outer edge
 (u -> 0) to the inner end (u -> 1):
-  cosine    sin^2(pi u / 2)           a neighbour's mirrored ramp is cos^2, so the pair sums to 1
-  gaussian  exp(-((1 - u) / 0.2)^2 / 2)  StableSR's Gaussian (sigma = 0.1 tile at 50% overlap,
-                                      edge weight ~4e-6 of the centre) restricted to the overlap
+  cosine    sin^2(pi v / 2), v = clamp((u - m) / (1 - 2 m), 0, 1), m = 1/8, floored at 1e-6:
+            a raised cosine across the middle 3/4 of the overlap with (almost) zero weight in its
+            outer 1/8, where a tile's own zero-padded border corrupts its output. The neighbour's
+            mirrored ramp is cos^2 of the same v, so the pair sums to 1 (+ the floor).
+  gaussian  exp(-((1 - u) / 0.2)^2 / 2): StableSR's Gaussian (sigma = 0.1 tile at its 50% overlap,
+            edge weight ~4e-6 of the centre) restricted to the overlap. Kept for comparison.
 2-D weights are the outer product of the row and column profiles. The blend is
 sum_k w_k p_k / sum_k w_k. Where one tile alone covers a pixel its weight is exactly 1, so one
 tile covering the whole frame reproduces the untiled result bit for bit (0 + 1 * p = p, p / 1 = p).
 Both ramps are > 0, so every pixel has positive total weight.
-Measured on stand-in models (docs/tiling.md, tests/test_tiles.py): cosine is the default.
+Measured on two stand-in models (docs/tiling.md): with a zero-padded 9x9 blur, cosine leaves
+2e-6 at tile borders, Gaussian 3e-5, hard pasting 1.7; adding a per-tile statistic (GroupNorm-like
+tone shift), the largest pixel-to-pixel error step is 0.059 for cosine, 0.17 for Gaussian, 1.6 for
+hard pasting. Cosine is the default.
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ import torch
 from torch import Tensor
 
 WEIGHTINGS = ("cosine", "gaussian")
-DEFAULT_WEIGHTING = "cosine"  # smooth over the whole overlap: the smaller error step at seams (docs/tiling.md)
+DEFAULT_WEIGHTING = "cosine"  # fewer seams than Gaussian on both stand-ins (docs/tiling.md)
+COSINE_MARGIN = 0.125  # outer fraction of an overlap at ~0 weight: 4 px at overlap 32, a 9x9 kernel's reach
+RAMP_FLOOR = 1e-6  # keeps every weight > 0, so every pixel is covered with positive weight
 GAUSSIAN_SIGMA = 0.2  # of the overlap width; equals StableSR's sigma = 0.1 tile at its 50% overlap
 
 TileFn = Callable[[Tensor, Tensor], Tensor]  # (tiles (N, C, th, tw), rows (N,)) -> (N, C_out, s*th, s*tw)
@@ -90,7 +98,8 @@ def ramp(length: int, weighting: str = DEFAULT_WEIGHTING) -> Tensor:
     """Rising blend weights across an overlap of ``length`` pixels, outer edge first; all in (0, 1)."""
     u = (torch.arange(length, dtype=torch.float64) + 0.5) / length  # (L,)
     if weighting == "cosine":
-        return torch.sin(u * (math.pi / 2)) ** 2  # (L,)
+        v = ((u - COSINE_MARGIN) / (1 - 2 * COSINE_MARGIN)).clamp(0, 1)  # (L,)
+        return (torch.sin(v * (math.pi / 2)) ** 2).clamp_min(RAMP_FLOOR)  # (L,)
     if weighting == "gaussian":
         return torch.exp(-0.5 * ((1 - u) / GAUSSIAN_SIGMA) ** 2)  # (L,)
     raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
@@ -134,7 +143,8 @@ def tiled(
     per-sample conditioning. Tiles of all samples are batched together, at most ``batch`` per
     call, in an order that depends only on (B, h, w, tile, overlap, batch). tile == 0: no tiling,
     fn runs on whole samples, ``batch`` per call. Returns (B, C_out, scale*h, scale*w) in fn's
-    output dtype; blending accumulates in at least float32.
+    output dtype; blending accumulates in at least float32. Tiles keep x's memory format
+    (channels_last in, channels_last tiles out), so kernels, and bits, match the untiled call.
     """
     B, _, h, w = x.shape
     if tile == 0:
@@ -142,10 +152,13 @@ def tiled(
         return torch.cat(outs)  # (B, C_out, s*h, s*w)
 
     tiles = plan(B, h, w, tile, overlap)
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    layout = torch.channels_last if channels_last else torch.contiguous_format  # tiles keep x's layout (and kernels)
     out = total = None
     for group in groups(len(tiles), batch):
         members = [tiles[k] for k in group]
         inputs = torch.stack([x[t.row, :, t.y.start : t.y.end, t.x.start : t.x.end] for t in members])  # (N, C, th, tw)
+        inputs = inputs.contiguous(memory_format=layout)  # (N, C, th, tw)
         rows = torch.tensor([t.row for t in members], dtype=torch.long, device=x.device)  # (N,)
         preds = fn(inputs, rows)  # (N, C_out, s*th, s*tw)
         expected = (len(members), scale * inputs.shape[2], scale * inputs.shape[3])

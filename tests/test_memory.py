@@ -1,0 +1,129 @@
+"""Memory planning and the CUDA out-of-memory retry policy, on CPU with fake callables."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from vsrup import memory
+from vsrup.errors import EXIT_RUNTIME, VsrupError
+from vsrup.memory import MemoryPlan, OomRetry, OutOfMemory, free_memory, plan_memory, shrink, unet_bytes
+
+GIB = 2**30
+
+
+def test_oom_error_class_exists_on_cpu_torch():
+    assert issubclass(torch.cuda.OutOfMemoryError, RuntimeError)
+
+
+def test_free_memory_on_cpu_is_positive():
+    assert free_memory(torch.device("cpu")) > 0
+
+
+def test_plenty_of_memory_gives_the_training_tile_and_every_tile_in_one_call():
+    plan = plan_memory(80 * GIB, 270, 480, samples=16, tile=None, overlap=32, batch=None, dtype_bytes=2)
+    assert (plan.tile, plan.overlap) == (128, 32)
+    assert plan.batch == memory.MAX_BATCH  # 16 samples x 15 tiles > 64
+    small = plan_memory(80 * GIB, 270, 480, samples=2, tile=None, overlap=32, batch=None, dtype_bytes=2)
+    assert small.batch == 2 * 15
+
+
+def test_little_memory_gives_a_smaller_tile_and_batch():
+    one_64_tile = unet_bytes(64 * 64, 1, 2)
+    free = int((one_64_tile + memory.RESERVE) / memory.SAFETY) + 1
+    plan = plan_memory(free, 270, 480, samples=2, tile=None, overlap=32, batch=None, dtype_bytes=2)
+    assert (plan.tile, plan.overlap, plan.batch) == (64, 32, 1)
+    assert plan.vae_tile < 128
+    nothing = plan_memory(0, 270, 480, samples=2, tile=None, overlap=32, batch=None, dtype_bytes=2)
+    assert (nothing.tile, nothing.batch, nothing.vae_tile) == (memory.TILE_FLOOR, 1, memory.TILE_FLOOR)
+
+
+def test_given_tile_and_batch_are_kept_and_overlap_fits_the_tile():
+    plan = plan_memory(80 * GIB, 270, 480, samples=2, tile=24, overlap=32, batch=3, dtype_bytes=4)
+    assert (plan.tile, plan.overlap, plan.batch) == (24, 6, 3)
+    untiled = plan_memory(80 * GIB, 270, 480, samples=4, tile=0, overlap=32, batch=None, dtype_bytes=2)
+    assert (untiled.tile, untiled.batch) == (0, 4)
+
+
+def test_description_is_one_line():
+    text = plan_memory(80 * GIB, 270, 480, samples=2, tile=None, overlap=32, batch=None, dtype_bytes=2).describe()
+    assert "\n" not in text and "tile 128" in text and "270x480" in text
+
+
+def test_shrink_halves_batch_then_tile_then_stops():
+    plan = MemoryPlan((270, 480), tile=128, overlap=32, batch=4, vae_tile=128, vae_overlap=32)
+    seen = []
+    while plan is not None:
+        seen.append((plan.tile, plan.overlap, plan.batch))
+        plan = shrink(plan, "unet")
+    assert seen == [(128, 32, 4), (128, 32, 2), (128, 32, 1), (64, 16, 1), (32, 8, 1)]
+    vae = shrink(MemoryPlan((270, 480), 128, 32, 4, 0, 32), "vae")
+    assert (vae.vae_tile, vae.tile, vae.batch) == (240, 128, 4)  # untiled: half the frame's long side
+
+
+class FakeClip:
+    """Raises CUDA OOM while batch * tile^2 exceeds ``limit``; records every attempt."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.attempts: list[tuple[int, int]] = []
+
+    def __call__(self, plan: MemoryPlan) -> str:
+        self.attempts.append((plan.tile, plan.batch))
+        big = torch.zeros(1000)  # a tensor the failed attempt's frame holds
+        if plan.batch * plan.tile**2 > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory ({big.numel()})")
+        return f"done at {plan.tile}x{plan.batch}"
+
+
+def test_oom_retries_smaller_and_keeps_the_reduced_plan():
+    messages = []
+    retry = OomRetry(MemoryPlan((270, 480), 128, 32, 4, 128, 32), on_shrink=messages.append)
+    clip = FakeClip(limit=64 * 64)
+    assert retry.run(clip) == "done at 64x1"
+    assert clip.attempts == [(128, 4), (128, 2), (128, 1), (64, 1)]
+    assert (retry.plan.tile, retry.plan.overlap, retry.plan.batch) == (64, 16, 1)
+    assert len(messages) == 3 and all("\n" not in m for m in messages)
+    clip.attempts.clear()
+    retry.run(clip)  # the next clip starts at the reduced plan
+    assert clip.attempts == [(64, 1)]
+
+
+def test_recovery_runs_outside_the_except_block(monkeypatch):
+    handling = []
+    monkeypatch.setattr(memory, "release_cached_memory", lambda: handling.append(sys.exc_info()[0]))
+    OomRetry(MemoryPlan((64, 64), 64, 16, 2, 64, 16)).run(FakeClip(limit=64 * 64))
+    assert handling == [None]  # no exception (and no traceback holding tensors) alive during recovery
+
+
+def test_below_the_floor_raises_a_one_line_user_error():
+    retry = OomRetry(MemoryPlan((270, 480), 64, 16, 1, 64, 16))
+    with pytest.raises(OutOfMemory) as caught:
+        retry.run(FakeClip(limit=0))
+    assert isinstance(caught.value, VsrupError) and caught.value.exit_code == EXIT_RUNTIME == 1
+    assert "\n" not in str(caught.value) and "out of GPU memory" in str(caught.value)
+    assert caught.value.__context__ is None  # raised outside the handler: no chained traceback
+
+
+def test_vae_stage_shrinks_the_vae_tile_only():
+    retry = OomRetry(MemoryPlan((270, 480), 128, 32, 4, 128, 32))
+    calls = []
+
+    def decode(plan):
+        calls.append(plan.vae_tile)
+        if plan.vae_tile > 32:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return plan.vae_tile
+
+    assert retry.run(decode, stage="vae") == 32
+    assert calls == [128, 64, 32] and (retry.plan.tile, retry.plan.batch) == (128, 4)
+
+
+def test_other_errors_are_not_swallowed():
+    def broken(plan):
+        raise RuntimeError("not an OOM")
+
+    with pytest.raises(RuntimeError, match="not an OOM"):
+        OomRetry(MemoryPlan((64, 64), 64, 16, 2, 64, 16)).run(broken)
