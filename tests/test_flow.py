@@ -241,3 +241,10 @@ def test_raft_without_torchvision_is_a_usage_error(monkeypatch):
     with pytest.raises(UsageError, match="pip install torchvision") as info:
         estimate_flow(texture(32, 32)[None].repeat(2, axis=0), method="raft")
     assert "\n" not in str(info.value)
+
+
+def test_tiny_frames_get_a_flow_of_their_own_size():
+    """DIS refuses images under 12 px; a 1x1 or 8x9 video must still work."""
+    for h, w in ((1, 1), (8, 9), (3, 40)):
+        flow = estimate_flow(np.random.default_rng(0).random((3, h, w, 3), dtype=np.float32))
+        assert flow.i_to_next.shape == (2, 2, h, w) and torch.isfinite(flow.i_to_next).all()

@@ -39,10 +39,13 @@ def pipe(tiny_sd_x4_folder):
     return pipe
 
 
+OFF = dict(tile=0, motion_guidance=0.0, color_fix="none")  # the stages diffusers does not have
+
+
 def make_upscaler(**sample):
     from vsrup.models.sd_x4 import DiffusionUpscaler
 
-    return DiffusionUpscaler(UpscaleConfig(device="cpu", sample=SampleConfig(seed=SEED, **sample)))
+    return DiffusionUpscaler(UpscaleConfig(device="cpu", sample=SampleConfig(seed=SEED, **{**OFF, **sample})))
 
 
 def reference(pipe, frames, indices, scheduler, steps, guidance, noise_level, seed=SEED) -> np.ndarray:
@@ -138,7 +141,7 @@ def test_hook_sees_every_step_and_its_result_is_used(tiny_sd_x4_cache, frames):
     assert seen[0].timestep > seen[-1].timestep
 
     def zero_output(step: Step) -> Step:
-        return Step(step.index, step.timestep, step.alpha_prod, step.latents, torch.zeros_like(step.model_output))
+        return Step(step.index, step.timestep, step.alpha_prod, step.latents, torch.zeros_like(step.model_output), step.input_scale)
 
     assert levels(up.upscale(frames, INDICES, hook=zero_output), plain) > 5
 

@@ -36,6 +36,7 @@ from vsrup.errors import UsageError
 # real frames clearly better than FAST/ULTRAFAST and costs ~2x50 ms per 480p pair, off the GPU's
 # critical path (FlowWorker), against seconds of UNet time per frame.
 DIS_PRESET = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
+DIS_MIN_SIDE = 16  # OpenCV DIS needs at least 12 px; smaller frames are padded to this
 
 # MGLD-VSR's forward-backward consistency check (latent pixels, non-squared norms).
 OCC_ALPHA = 0.01  # relative tolerance on |f| + |W(b, f)|
@@ -124,11 +125,14 @@ def _to_gray_u8(frames: np.ndarray) -> list[np.ndarray]:
 
 
 def _dis_pairs(frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    gray = _to_gray_u8(frames)
+    h, w = frames.shape[1:3]
+    # DIS refuses images under 12 px; tiny frames are edge-padded to DIS_MIN_SIDE and the flow cropped back.
+    pad = ((0, max(0, DIS_MIN_SIDE - h)), (0, max(0, DIS_MIN_SIDE - w)))
+    gray = [np.pad(g, pad, mode="edge") for g in _to_gray_u8(frames)]
     dis = cv2.DISOpticalFlow_create(DIS_PRESET)  # one per call: DIS objects are not thread-safe
     # calc(a, b) returns f_{a→b} on a's grid with a(p) ≈ b(p + f(p)): our warp convention.
-    fwd = [dis.calc(a, b, None) for a, b in zip(gray[:-1], gray[1:])]  # T-1 x (h, w, 2)
-    bwd = [dis.calc(b, a, None) for a, b in zip(gray[:-1], gray[1:])]  # T-1 x (h, w, 2)
+    fwd = [dis.calc(a, b, None)[:h, :w] for a, b in zip(gray[:-1], gray[1:])]  # T-1 x (h, w, 2)
+    bwd = [dis.calc(b, a, None)[:h, :w] for a, b in zip(gray[:-1], gray[1:])]  # T-1 x (h, w, 2)
     return _stack_hw2(fwd, frames), _stack_hw2(bwd, frames)
 
 

@@ -182,16 +182,26 @@ def upscale_frames(
             if wanted(index):
                 yield frame, image
 
-    for clip in plan(frames, s.clip_len, s.clip_overlap, s.scene_threshold):
-        if stop is not None and clip.start >= stop:
-            break
-        if not any(wanted(i) for i in clip.indices):
-            continue
+    def needed():
+        for clip in plan(frames, s.clip_len, s.clip_overlap, s.scene_threshold):
+            if stop is not None and clip.start >= stop:
+                return
+            if any(wanted(i) for i in clip.indices):
+                yield clip
+
+    prefetch = getattr(upscaler, "prefetch", None)  # temporal models estimate flow one clip ahead
+    clips = needed()
+    clip = next(clips, None)
+    while clip is not None:
+        following = next(clips, None)
+        if following is not None and prefetch is not None:
+            prefetch(following.images(), following.indices)
         pending.update((f.index, f) for f in clip.frames)
         lowres = clip.images()  # (T, h, w, 3)
         outputs = upscaler.upscale(lowres, clip.indices)  # (T, h * model scale, w * model scale, 3)
         outputs = fit(outputs, lowres.shape[1] * config.scale, lowres.shape[2] * config.scale)  # (T, H, W, 3)
         yield from final(fade.push(clip, outputs))
+        clip = following
     yield from final(fade.flush())
 
 

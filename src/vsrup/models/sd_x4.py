@@ -17,6 +17,7 @@ change no parameter count; the benchmark only needs shapes and compute to match.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,19 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from vsrup.color import bicubic_upscale, color_fix
 from vsrup.config import SampleConfig, UpscaleConfig
 from vsrup.device import is_half, job_seconds, resolve_device, resolve_dtype, vae_dtype
 from vsrup.errors import ModelError, UsageError
 from vsrup.events import Emit, Event, ignore
+from vsrup.flow import FlowWorker
+from vsrup.memory import OomRetry, free_memory, plan_memory
 from vsrup.models import hub
-from vsrup.sampling.loop import StepHook, TextEmbeddings, UNetDenoiser, decode, sample_clip
+from vsrup.sampling.loop import StepHook, TextEmbeddings, UNetDenoiser, sample_clip
 from vsrup.sampling.schedulers import SCHEDULERS, build_scheduler
+from vsrup.sampling.temporal import temporal_hook
+from vsrup.sampling.tiles import tiled
+from vsrup.sampling.vae_decode import decode_tiled, vae_decoder
 
 MAX_NOISE_LEVEL = 350  # model_index.json "max_noise_level"; the pipeline raises above it
 SCALE = 4  # VAE: 3 levels -> 2 downsamples; the latent grid is the low-resolution grid
@@ -220,27 +227,67 @@ class DiffusionUpscaler:
             raise ModelError(f"{source} is not an x4 upscaler (UNet in_channels 7, VAE factor 4)")
         self.warned = False
         self.seconds_per_latent_px: float | None = None
+        self.retries: dict[tuple[int, int, int], OomRetry] = {}  # (h, w, T) -> the memory plan in force
+        temporal = self.sample.motion_guidance > 0 or bool(self.sample.propagation_steps)
+        self.flows = FlowWorker(self.sample.flow) if temporal else None
+        self.pending: dict[tuple[int, ...], Future] = {}  # clip indices -> its flow, being estimated
+
+    def prefetch(self, frames: np.ndarray, indices: Sequence[int]) -> None:
+        """Start estimating a coming clip's flow in the background; the pipeline calls it one clip ahead."""
+        if self.flows is not None and len(indices) > 1:
+            self.pending[tuple(indices)] = self.flows.submit(frames)
 
     def upscale(self, frames: np.ndarray, indices: Sequence[int], hook: StepHook | None = None) -> np.ndarray:
-        """(T, h, w, 3) float32 in [0, 1] -> (T, 4h, 4w, 3) float32 in [0, 1]; ``hook`` acts inside every step."""
+        """(T, h, w, 3) float32 in [0, 1] -> (T, 4h, 4w, 3) float32 in [0, 1].
+
+        ``hook`` replaces the temporal hook (flow-based propagation and motion guidance) for the clip.
+        """
         s = self.sample
+        t_frames, height, width, _ = frames.shape
         # 1. RGB [0, 1] -> [-1, 1] in float32, then the compute dtype (diffusers' VaeImageProcessor order).
-        low_res = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).permute(0, 3, 1, 2)  # (T, 3, h, w)
-        low_res = (2.0 * low_res - 1.0).to(self.device, self.dtype)  # (T, 3, h, w)
-        # 2. One CPU generator per frame, seeded by its index in the input.
-        generators = [torch.Generator("cpu").manual_seed(s.seed + int(i)) for i in indices]
-        with torch.no_grad():
-            # 3. Sample the clip's latents together; a fresh scheduler per clip.
-            scheduler = build_scheduler(s.scheduler, self.scheduler_config)
-            latents = sample_clip(
-                UNetDenoiser(self.unet), scheduler, self.low_res_scheduler, low_res, self.text, generators,
-                steps=s.steps, guidance=s.guidance, noise_level=s.noise_level,
-                latent_channels=self.unet.config.out_channels, hook=hook,
+        rgb = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).permute(0, 3, 1, 2)  # (T, 3, h, w)
+        low_res = (2.0 * rgb - 1.0).to(self.device, self.dtype)  # (T, 3, h, w)
+        # 2. The clip's flow (usually estimated while the previous clip sampled) steers each step.
+        if hook is None and self.flows is not None and t_frames > 1:
+            future = self.pending.pop(tuple(indices), None) or self.flows.submit(frames)
+            hook = temporal_hook(future.result().to(self.device), s)
+        retry = self.memory_plan(height, width, t_frames)
+
+        def sample(plan) -> torch.Tensor:
+            # One CPU generator per frame, seeded by its index in the input; a fresh scheduler: a retry starts over.
+            generators = [torch.Generator("cpu").manual_seed(s.seed + int(i)) for i in indices]
+            return sample_clip(
+                TiledDenoiser(UNetDenoiser(self.unet), plan), build_scheduler(s.scheduler, self.scheduler_config),
+                self.low_res_scheduler, low_res, self.text, generators, steps=s.steps, guidance=s.guidance,
+                noise_level=s.noise_level, latent_channels=self.unet.config.out_channels, hook=hook,
             )  # (T, 4, h, w)
-            # 4. Decode, [-1, 1] -> [0, 1].
-            images = decode(self.vae, latents)  # (T, 3, 4h, 4w)
-            images = (images / 2 + 0.5).clamp(0, 1)  # (T, 3, 4h, 4w)
-        return images.float().permute(0, 2, 3, 1).cpu().numpy()  # (T, 4h, 4w, 3)
+
+        with torch.no_grad():
+            # 3. Sample the clip's latents together, in tiles.
+            latents = retry.run(sample, "unet")  # (T, 4, h, w)
+            # 4. Decode in tiles, [-1, 1] -> [0, 1].
+            decode = vae_decoder(self.vae)
+            images = retry.run(lambda p: decode_tiled(decode, latents, tile=p.vae_tile, overlap=p.vae_overlap), "vae")
+            images = (images.float() / 2 + 0.5).permute(0, 2, 3, 1)  # (T, 4h, 4w, 3)
+            # 5. Colours from the input (low frequencies or statistics), detail from the model.
+            if s.color_fix != "none":
+                lr = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(images.device)  # (T, h, w, 3)
+                reference = bicubic_upscale(lr, SCALE * height, SCALE * width)  # (T, 4h, 4w, 3)
+                images = color_fix(images, reference, s.color_fix)  # (T, 4h, 4w, 3)
+        return images.clamp(0, 1).cpu().numpy()  # (T, 4h, 4w, 3)
+
+    def memory_plan(self, height: int, width: int, t_frames: int) -> OomRetry:
+        """The tile and batch plan for clips of this shape, made once and logged; shrunk for good on OOM."""
+        key = (height, width, t_frames)
+        if key not in self.retries:
+            s = self.sample
+            plan = plan_memory(
+                free_memory(self.device), height, width, samples=t_frames * (2 if s.guidance > 1.0 else 1),
+                tile=s.tile, overlap=s.tile_overlap, batch=s.batch, dtype_bytes=torch.finfo(self.dtype).bits // 8,
+            )
+            self.emit(Event("info", message=f"memory plan for {t_frames} frame(s) of {width}x{height}: {plan.describe()}"))
+            self.retries[key] = OomRetry(plan, on_shrink=lambda message: self.emit(Event("warning", message=message)))
+        return self.retries[key]
 
     def estimate_seconds(self, n_frames: int, height: int, width: int) -> float:
         """Seconds to upscale ``n_frames`` frames of ``height`` x ``width`` on this device (see ``job_seconds``).
@@ -275,6 +322,19 @@ class DiffusionUpscaler:
             f"({self.sample.steps} steps{', CFG' if self.sample.guidance > 1.0 else ''}; from one measured UNet step)",
             data={"estimate_seconds": round(seconds, 1)},
         ))
+
+
+class TiledDenoiser:
+    """The UNet run tile by tile under a memory plan; tiles' outputs are blended into one prediction."""
+
+    def __init__(self, inner: UNetDenoiser, plan):
+        self.inner, self.plan = inner, plan
+
+    def __call__(self, x, t, text, noise_level):  # x (B, 7, h, w), text (B, 77, D), noise_level (B,)
+        def run(tiles, rows):  # tiles (N, 7, th, tw), rows (N,) their samples
+            return self.inner(tiles, t, text[rows], noise_level[rows])  # (N, 4, th, tw)
+
+        return tiled(run, x, tile=self.plan.tile, overlap=self.plan.overlap, batch=self.plan.batch)  # (B, 4, h, w)
 
 
 @contextmanager

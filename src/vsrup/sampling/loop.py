@@ -17,7 +17,6 @@ Plug-in points for the other modules:
   nor the scheduler.
 - ``StepHook``: called once per step between the model call and the scheduler step with the latents
   and the guided model output. Motion guidance and latent propagation replace either there.
-- ``decode``: the full-frame VAE decode; the tiling module provides a tiled one.
 """
 
 from __future__ import annotations
@@ -56,6 +55,7 @@ class Step:
     alpha_prod: torch.Tensor  # a = alphas_cumprod[t] (0-dim, float32)
     latents: torch.Tensor  # (T, 4, h, w) x_t, in the scheduler's own parametrisation
     model_output: torch.Tensor  # (T, 4, h, w) guided model output (v for this model)
+    input_scale: torch.Tensor  # 0-dim: x_t = input_scale * latents (1 but for Euler's 1 / sqrt(1 + sigma^2))
 
 
 StepHook = Callable[[Step], Step]
@@ -167,19 +167,9 @@ def sample_clip(
         model_in = scheduler.scale_model_input(latents, t)  # (T, 4, h, w)
         model_output = predict(denoiser, model_in, image, t, cond, class_labels, guidance)  # (T, 4, h, w)
         if hook is not None:  # motion guidance / latent propagation act here
-            alpha_prod = scheduler.alphas_cumprod[int(t)]  # 0-dim
-            step = hook(Step(index=i, timestep=t, alpha_prod=alpha_prod, latents=latents, model_output=model_output))
+            alpha_prod = scheduler.alphas_cumprod[int(t)].to(device)  # 0-dim
+            input_scale = scheduler.scale_model_input(torch.ones((), device=device), t)  # 0-dim
+            step = hook(Step(i, t, alpha_prod, latents, model_output, input_scale))
             latents, model_output = step.latents, step.model_output
         latents = scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]  # (T, 4, h, w)
     return latents
-
-
-def decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Full-frame VAE decode, one frame at a time: (T, 4, h, w) -> (T, 3, 4h, 4w) in about [-1, 1].
-
-    Runs in the VAE's dtype (fp32 for fp16 jobs, see ``vsrup.device.vae_dtype``).
-    """
-    frames = []
-    for latent in latents.to(vae.dtype).split(1):  # (1, 4, h, w)
-        frames.append(vae.decode(latent / vae.config.scaling_factor, return_dict=False)[0])  # (1, 3, 4h, 4w)
-    return torch.cat(frames)  # (T, 3, 4h, 4w)
