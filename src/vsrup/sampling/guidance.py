@@ -10,35 +10,37 @@ What is different from MGLD-VSR's code (reference/seeds.md §1.5-1.6):
   latent size and the final step (σ̃² clipped to 1e-20) is 6.5x the one before. Here the step is
   a fraction of the gap, with no σ, no sum over pixels and no clip length in it (see below).
 
-Strength. ``strength`` s in [0, 1] is the fraction of the masked warping gap W(z_{i+1}) - z_i that one
-step closes: each latent moves s/2 of the way to its neighbours' consensus, so the two frames of a
-pair meet in the middle at s = 1 (a pair's gap shrinks by exactly 1 - s; so does frame-to-frame
-flicker, the alternating component, in a clip of any length; slow drifts shrink less). Every term
-is per pixel and divided by its own count of visible neighbours, and the update is linear in z, so:
+Strength. Each latent moves ``strength``/4 of the way toward each visible warped neighbour: a plain
+gradient step of size s/8 on the squared warping loss L below (holding the warped neighbours fixed).
+So s is the fraction of frame-to-frame flicker (the alternating component) one step removes between
+frames that see both neighbours: it shrinks by exactly 1 - s; a frame with one visible neighbour (a
+clip's first and last frame, a pixel occluded one way) gets half that pull. Every pair's own gap
+contracts by the same factor 1 - s/2 wherever it sits in the clip. (Dividing the pull by the number
+of visible neighbours instead would make clip ends twice as stiff as the middle: measured on the
+synthetic pan, end pairs came out 2.7x more consistent than interior ones, which shows as a jump
+at every clip boundary; benchmarks/bench_temporal.py.) Every term is per pixel and the update is
+linear in z, so:
   * resolution h x w: nothing is summed or averaged over pixels -> same per-pixel update;
-  * clip length T: each latent sees at most two neighbours and divides by how many it has;
+  * clip length T: each latent sees at most two neighbours, each with the same weight;
   * latent scale: z -> c z gives Δz -> c Δz, the same relative reduction.
 The tests check all three. Bounded by construction: the new value is a convex combination of the old
-value and (bilinear, edge-replicating, hence convex) warped neighbour values, with weight <= s/2 on
-the neighbours, so it never leaves the range of the input values, at any step, the last included.
-Pixels with no visible neighbour (occluded both ways) are left exactly as they are.
+value (weight >= 1/2) and (bilinear, edge-replicating, hence convex) warped neighbour values, so it
+never leaves the range of the input values, at any step, the last included. Pixels with no visible
+neighbour (occluded both ways) are left exactly as they are.
 
-Latents x_t or predicted clean latent x̂0? Apply it to x̂0 (the loop's prediction of the clean latent,
-as Upscale-A-Video does for propagation), then take the scheduler step with the model's noise
-estimate ε̂ unchanged. The argument, which the lead must still measure inside the loop:
-  * x_t = α_t x0 + σ_t ε with independent noise per frame (the seed + i contract). The warping gap of
-    x_t is α_t gap(x0) + σ_t gap(ε), and gap(ε) has RMS σ_t √2 per element, so until late steps
-    guiding x_t mostly aligns noise. A convex mix of independent Gaussians has less variance
-    ((1 - s/2)² + (s/2)² of it for one neighbour), so the UNet then sees less noise than its
-    timestep says, a known cause of washed-out, over-smooth samples, and the loss compounds.
-    MGLD gets away with it only because its steps are tiny (~1e-4..1e-3 per element) until the last.
-  * The flow model "latent ≈ warped neighbour latent" is a statement about clean content: the
-    latent grid is the LR grid and the VAE is close to translation-equivariant. x̂0 is what it holds for.
-  * An edit Δ of x̂0 reaches x_{t-1} scaled by √ᾱ_{t-1} (DDIM), small early when x̂0 is a blur and
-    full at the end where flicker is made, and ε̂ keeps its statistics.
-  * Cost of x̂0: the next UNet call sees only √ᾱ_t Δ of the edit and may re-create some flicker;
-    whether x̂0 guidance survives to the decoded frames is exactly what must be measured
-    (warping error of the decoded output, and sharpness, for x̂0 vs x_t guidance).
+Latents x_t or predicted clean latent x̂0? vsrup guides x̂0 (the loop's prediction of the clean
+latent, as Upscale-A-Video does for propagation) and the scheduler steps with the model's noise
+estimate ε̂ unchanged (sampling/temporal.py). Measured with a tiny random x4 model on a 12-frame
+synthetic pan, default strength and window (benchmarks/bench_temporal.py, 2026-11-21):
+  * output warping error vs no guidance: x̂0 0.35x, x_t 0.27x; detail (mean |Laplacian|) 1.04x / 1.01x.
+  * the std of the latents the UNet sees, against the unguided run's 1.00 at the first steps:
+    x̂0 keeps 0.996 / 0.991 / 0.971 at steps 0 / 3 / 6; x_t drops it to 0.78 / 0.58 / 0.53.
+So guiding x_t is a little more effective on random weights, but it does so by averaging the frames'
+independent noise: the UNet is fed about half the noise its timestep says, off the distribution it
+was trained on (a known cause of washed-out samples, which random weights cannot show). Guiding x̂0
+keeps the noise statistics where the model expects them, and its edit Δ reaches x_{t-1} scaled by
+√ᾱ_{t-1}: small early, full at the end where flicker is made. MGLD-VSR guides x_t but with steps of
+~1e-4..1e-3 per element, where the effect on the noise is negligible; ours are not that small.
 """
 
 from __future__ import annotations
@@ -56,11 +58,11 @@ from vsrup.flow import Flow, warp
 #   O'_{i+1}       occlusion of frame i+1 w.r.t. frame i   (Flow.occ_next[i])
 #   L(z) = Σ_i Σ_p (1 - O_i)     ‖W(z_{i+1}, f_{i→i+1}) - z_i‖²
 #        + Σ_i Σ_p (1 - O'_{i+1}) ‖W(z_i, f_{i+1→i}) - z_{i+1}‖²
-# Step (a preconditioned gradient step; Jacobi, all frames at once). Differentiate L with respect to
-# each latent where it is the reference, holding the warped neighbours fixed:
-#   g_i = 2 m_i (z_i - t_i),  m_i(p) = number of visible neighbours (0, 1, 2),  t_i(p) = their mean warped value
-# divide by that curvature 2 m_i and take s/2 of it:
-#   z_i <- z_i - (s/2) g_i / (2 m_i) = z_i + (s/2) (t_i - z_i)        (pixels with m_i = 0 untouched)
+# Step (a gradient step, Jacobi: all frames at once). Differentiate L with respect to each latent
+# where it is the reference, holding the warped neighbours fixed:
+#   g_i = 2 Σ_{visible j} (z_i - W(z_j)),  j = i-1, i+1
+# and step s/8 down it:
+#   z_i <- z_i - (s/8) g_i = z_i + (s/4) Σ_{visible j} (W(z_j) - z_i)        (no visible j: untouched)
 
 
 def _neighbour_views(z: torch.Tensor, flow: Flow) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,9 +94,8 @@ def motion_guidance(z: torch.Tensor, flow: Flow, strength: float) -> torch.Tenso
     flow = flow.to(z.device)
     zf = z.float()  # (T, C, h, w)
     total, count = _neighbour_views(zf, flow)  # (T, C, h, w), (T, 1, h, w)
-    consensus = total / count.clamp(min=1.0)  # (T, C, h, w) t_i
-    pull = torch.where(count > 0, consensus - zf, torch.zeros_like(zf))  # (T, C, h, w) t_i - z_i, 0 where unseen
-    return (zf + 0.5 * strength * pull).to(z.dtype)  # (T, C, h, w)
+    pull = total - count * zf  # (T, C, h, w) sum over visible neighbours of (warped neighbour - z_i)
+    return (zf + 0.25 * strength * pull).to(z.dtype)  # (T, C, h, w)
 
 
 def warping_error(z: torch.Tensor, flow: Flow) -> float:
