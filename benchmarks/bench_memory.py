@@ -1,7 +1,7 @@
 """Peak RSS of `vsrup upscale` against video length: memory must not grow with the number of frames.
 
     python benchmarks/bench_memory.py                       # 300 vs 3000 frames, 320x240, lanczos x2
-    python benchmarks/bench_memory.py --frames 300 3000 --model sd-x4 --extra "--steps 2"
+    python benchmarks/bench_memory.py --model tiny --size 32x24 --extra "--steps 2"   # the diffusion path, tiny random x4 model
 
 Each run is a fresh process; its peak RSS comes from wait4(). The target (issue 2): the long
 video's peak within 1.25x of the short one's.
@@ -60,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, nargs="+", default=[300, 3000])
     parser.add_argument("--size", default="320x240", help="WxH of the input")
-    parser.add_argument("--model", default="lanczos")
+    parser.add_argument("--model", default="lanczos", help="lanczos, tiny (a tiny random x4 model built here), or any --model value")
     parser.add_argument("--scale", default="2")
     parser.add_argument("--extra", default="", help="more vsrup options, quoted")
     parser.add_argument("--json", action="store_true")
@@ -68,10 +68,17 @@ def main() -> None:
     width, height = map(int, args.size.split("x"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model == "tiny":
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from tiny_sd import build_tiny_components
+
+            model = str(Path(tmp) / "tiny-x4")
+            build_tiny_components(Path(model))
         for n in args.frames:
             src = Path(tmp) / f"in{n}.mp4"
             make_video(src, n, width, height)
-            cmd = [sys.executable, "-m", "vsrup", "upscale", str(src), str(Path(tmp) / f"out{n}.mp4"), "--model", args.model,
+            cmd = [sys.executable, "-m", "vsrup", "upscale", str(src), str(Path(tmp) / f"out{n}.mp4"), "--model", model,
                    "--scale", args.scale, "--quiet", *shlex.split(args.extra)]
             rss, seconds = peak_rss(cmd)
             rows.append({"frames": n, "peak_rss_bytes": rss, "seconds": round(seconds, 2), "fps": round(n / seconds, 1)})

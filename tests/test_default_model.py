@@ -5,6 +5,7 @@ loading code runs and the job takes seconds on a CPU.
 """
 
 import subprocess
+from pathlib import Path
 import sys
 
 import av
@@ -50,3 +51,18 @@ def test_offline_without_a_cached_copy_says_so(monkeypatch, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "vsrup download" in lines[0] and "Traceback" not in result.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def test_download_offline_is_one_line_and_exit_1(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = vsrup("download")
+    assert result.returncode == 1
+    assert result.stderr.startswith("vsrup: error: ") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_download_finds_a_cached_model_offline(tiny_sd_x4_cache):
+    result = vsrup("download", "sd-x4")
+    assert result.returncode == 0, result.stderr
+    assert (Path(result.stdout.strip()) / "model_index.json").exists()

@@ -175,3 +175,19 @@ def test_frames_folder_keeps_names_depth_and_alpha_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr
     assert (out / "10.png").exists()
     assert all(p.stat().st_mtime_ns == stamps[p.name] for p in out.iterdir() if p.name != "10.png")
+
+
+def test_probe_reports_rotation_rate_and_streams_as_json(tmp_path):
+    src = mf.mp4_rotated(tmp_path, 90)
+    result = vsrup("probe", src, "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["video"]["rotation"] in (90, -270) and info["video"]["frames"] == 12
+    assert [s["kind"] for s in info["streams"]] == ["video", "audio"]
+    table = vsrup("probe", src)
+    assert table.returncode == 0 and "rotation" in table.stdout
+
+
+def test_probe_of_bad_input_is_exit_65(tmp_path):
+    result = vsrup("probe", mf.text_file(tmp_path))
+    assert result.returncode == 65 and result.stderr.count("\n") == 1
