@@ -201,8 +201,36 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on st
 JsonLogOpt = Annotated[bool, typer.Option("--log-json", help="One JSON object per line on stdout: start, progress, info, warning, done, skipped, error, summary.", rich_help_panel=OUT)]
 
 
-def sample_config(**kw) -> SampleConfig:
-    return SampleConfig(**{f.name: kw[f.name] for f in fields(SampleConfig) if f.name in kw})
+def job_config(o: dict) -> UpscaleConfig:
+    """Check the options of `upscale` or `frames` (``o``: the command's parameters) and freeze them."""
+    if o["scale"] not in SCALES:
+        raise typer.BadParameter(f"{o['scale']} is not one of 2, 3, 4", param_hint="--scale")
+    if o["skip_existing"] and o["overwrite"]:
+        raise typer.BadParameter("--overwrite and --skip-existing contradict each other", param_hint="--skip-existing")
+    for name, allowed in (("audio", AUDIO_MODES), ("deinterlace", DEINTERLACE_MODES), ("dtype", DTYPES),
+                          ("scheduler", SCHEDULERS), ("color_fix", COLOR_FIXES), ("flow", FLOW_METHODS)):
+        if name in o:
+            choice(o[name], allowed, "--" + name.replace("_", "-"))
+    if not 0 <= o["noise_level"] <= 350:
+        raise typer.BadParameter(f"{o['noise_level']} is outside 0..350", param_hint="--noise-level")
+    if o["clip_len"] < 1 or not 0 <= o["clip_overlap"] < o["clip_len"]:
+        raise typer.BadParameter("need --clip-len >= 1 and 0 <= --clip-overlap < --clip-len", param_hint="--clip-overlap")
+    if o["steps"] < 1:
+        raise typer.BadParameter("need at least 1 step", param_hint="--steps")
+    if not 0 <= o["motion_guidance"] <= 1:
+        raise typer.BadParameter("motion guidance strength is a fraction, 0..1", param_hint="--motion-guidance")
+    window = parse_span(o["guidance_window"], "--guidance-window", float)
+    if window[1] is None or window[1] > 1:
+        raise typer.BadParameter("expected fractions 0 <= START < END <= 1", param_hint="--guidance-window")
+    sample = {**o, "tile": parse_tile(o["tile"]), "propagation_steps": parse_steps(o["propagation_steps"]), "guidance_window": window}
+    encode = {f.name: o[f.name] for f in fields(EncodeConfig) if f.name in o}
+    top = {f.name: o[f.name] for f in fields(UpscaleConfig) if f.name in o and f.name not in ("frames", "encode", "sample")}
+    return UpscaleConfig(
+        **top,
+        frames=parse_span(o.get("frames"), "--frames"),
+        encode=EncodeConfig(**encode),
+        sample=SampleConfig(**{f.name: sample[f.name] for f in fields(SampleConfig) if f.name in sample}),
+    )
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -248,39 +276,7 @@ def upscale(
     """Upscale one video to one output file, or several videos (or a directory) into an output directory."""
     if len(paths) < 2:
         raise typer.BadParameter("give at least one INPUT and the OUTPUT", param_hint="INPUT... OUTPUT")
-    if scale not in SCALES:
-        raise typer.BadParameter(f"{scale} is not one of 2, 3, 4", param_hint="--scale")
-    if skip_existing and overwrite:
-        raise typer.BadParameter("--overwrite and --skip-existing contradict each other", param_hint="--skip-existing")
-    choice(audio, AUDIO_MODES, "--audio")
-    choice(deinterlace, DEINTERLACE_MODES, "--deinterlace")
-    choice(dtype, DTYPES, "--dtype")
-    choice(scheduler, SCHEDULERS, "--scheduler")
-    choice(color_fix, COLOR_FIXES, "--color-fix")
-    choice(flow, FLOW_METHODS, "--flow")
-    if not 0 <= noise_level <= 350:
-        raise typer.BadParameter(f"{noise_level} is outside 0..350", param_hint="--noise-level")
-    if clip_len < 1 or not 0 <= clip_overlap < clip_len:
-        raise typer.BadParameter("need --clip-len >= 1 and 0 <= --clip-overlap < --clip-len", param_hint="--clip-overlap")
-    if steps < 1:
-        raise typer.BadParameter("need at least 1 step", param_hint="--steps")
-    window = parse_span(guidance_window, "--guidance-window", float)
-    if window[1] is None or window[1] > 1:
-        raise typer.BadParameter("expected fractions 0 <= START < END <= 1", param_hint="--guidance-window")
-    config = UpscaleConfig(
-        scale=scale,
-        model=model,
-        revision=revision,
-        device=device,
-        dtype=dtype,
-        frames=parse_span(frames, "--frames"),
-        deinterlace=deinterlace,
-        allow_partial=allow_partial,
-        overwrite=overwrite,
-        skip_existing=skip_existing,
-        encode=EncodeConfig(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, audio=audio),
-        sample=sample_config(**{**locals(), "tile": parse_tile(tile), "propagation_steps": parse_steps(propagation_steps), "guidance_window": window}),
-    )
+    config = job_config(locals())
     from vsrup.pipeline import exit_code, upscale as run
 
     report = Reporter(quiet=quiet, log_json=log_json)
@@ -316,25 +312,14 @@ def frames_command(
     color_fix: ColorOpt = S.color_fix,
     flow: FlowOpt = S.flow,
     motion_guidance: MotionOpt = S.motion_guidance,
+    guidance_window: WindowOpt = f"{S.guidance_window[0]}:{S.guidance_window[1]}",
+    propagation_steps: PropOpt = "",
     clip_len: ClipLenOpt = S.clip_len,
     clip_overlap: ClipOverlapOpt = S.clip_overlap,
     scene_threshold: SceneOpt = S.scene_threshold,
 ) -> None:
     """Upscale an image folder as one sequence; 16-bit depth, alpha and file names are kept."""
-    if scale not in SCALES:
-        raise typer.BadParameter(f"{scale} is not one of 2, 3, 4", param_hint="--scale")
-    if skip_existing and overwrite:
-        raise typer.BadParameter("--overwrite and --skip-existing contradict each other", param_hint="--skip-existing")
-    choice(dtype, DTYPES, "--dtype")
-    choice(scheduler, SCHEDULERS, "--scheduler")
-    choice(color_fix, COLOR_FIXES, "--color-fix")
-    choice(flow, FLOW_METHODS, "--flow")
-    if clip_len < 1 or not 0 <= clip_overlap < clip_len:
-        raise typer.BadParameter("need --clip-len >= 1 and 0 <= --clip-overlap < --clip-len", param_hint="--clip-overlap")
-    config = UpscaleConfig(
-        scale=scale, model=model, revision=revision, device=device, dtype=dtype, overwrite=overwrite, skip_existing=skip_existing,
-        sample=sample_config(**{**locals(), "tile": parse_tile(tile)}),
-    )
+    config = job_config(locals())
     from vsrup.pipeline import exit_code, upscale_folder
 
     report = Reporter(quiet=quiet, log_json=log_json)
