@@ -9,6 +9,7 @@ from pathlib import Path
 import sys
 
 import av
+import numpy as np
 
 import media_factory as mf
 from tiny_sd import tiny_sd_x4_cache  # noqa: F401  (fixture)
@@ -66,3 +67,21 @@ def test_download_finds_a_cached_model_offline(tiny_sd_x4_cache):
     result = vsrup("download", "sd-x4")
     assert result.returncode == 0, result.stderr
     assert (Path(result.stdout.strip()) / "model_index.json").exists()
+
+
+def rgb_frames(path):
+    with av.open(str(path)) as c:
+        return [(round(f.time, 4), f.to_ndarray(format="rgb24")) for f in c.decode(c.streams.video[0])]
+
+
+def test_two_partial_runs_equal_one_whole_run_to_the_last_bit(tiny_sd_x4_cache, tmp_path):
+    """`--frames 0:K` + `--frames K:N` give exactly the whole run's frames (lossless RGB output to compare)."""
+    src = mf.make_video(tmp_path / "in.mp4", frames=11, size=(20, 12))
+    lossless = ["--codec", "libx264rgb", "--crf", "0", "--pix-fmt", "rgb24", "--steps", "3", "--clip-len", "4", "--clip-overlap", "2"]
+    for name, span in (("whole.mkv", []), ("a.mkv", ["--frames", "0:5"]), ("b.mkv", ["--frames", "5:"])):
+        result = vsrup("upscale", src, tmp_path / name, *lossless, *span)
+        assert result.returncode == 0, result.stderr
+    whole = rgb_frames(tmp_path / "whole.mkv")
+    parts = rgb_frames(tmp_path / "a.mkv") + rgb_frames(tmp_path / "b.mkv")
+    assert [t for t, _ in whole] == [t for t, _ in parts] and len(whole) == 11
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(whole, parts))

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vsrup.errors import Interrupted, OutputError, UsageError
+from vsrup.errors import Interrupted, OutputError, UsageError, VsrupError
 
 
 def check_output(source: Path, target: Path, *, overwrite: bool) -> None:
@@ -42,6 +42,10 @@ def atomic_output(target: Path) -> Iterator[Path]:
     except OSError as e:
         partial.unlink(missing_ok=True)
         raise output_error(target, e) from None
+    except VsrupError as e:
+        partial.unlink(missing_ok=True)
+        e.args = tuple(str(a).replace(str(partial), str(target)) for a in e.args)  # name the file the user asked for
+        raise
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
