@@ -85,3 +85,18 @@ def test_two_partial_runs_equal_one_whole_run_to_the_last_bit(tiny_sd_x4_cache, 
     parts = rgb_frames(tmp_path / "a.mkv") + rgb_frames(tmp_path / "b.mkv")
     assert [t for t, _ in whole] == [t for t, _ in parts] and len(whole) == 11
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(whole, parts))
+
+
+def test_frames_folder_with_the_default_model(tiny_sd_x4_cache, tmp_path):
+    from PIL import Image
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in (1, 2, 10):
+        Image.fromarray((rng.random((12, 16, 4)) * 255).astype(np.uint8), "RGBA").save(src / f"{i}.png")
+    result = vsrup("frames", src, out, "--steps", "2")
+    assert result.returncode == 0, result.stderr
+    for i in (1, 2, 10):
+        with Image.open(out / f"{i}.png") as im:
+            assert im.size == (64, 48) and im.mode == "RGBA"
