@@ -422,3 +422,40 @@ def text_file(directory: Path) -> Path:
     path.write_text("this is not a video\n" * 20)
     return path
 
+
+
+# --- real-world look-alikes (tests/test_real_world.py) -------------------------------------------
+
+
+def ts_joined(directory: Path) -> Path:
+    """Two H.264 + AC-3 MPEG-TS recordings joined byte for byte (``cat a.ts b.ts``): the second starts
+    at 2.0 s, after the first ran 10.0-11.0 s, so every stream's timestamps jump back once."""
+    directory = Path(directory)
+    first = make_video(
+        directory / "part1.ts", frames=25, time_base=Fraction(1, 90000), pts=[900000 + 3600 * i for i in range(25)],
+        audio=(Audio("ac3", start=10.0),),
+    )
+    second = make_video(
+        directory / "part2.ts", frames=25, time_base=Fraction(1, 90000), pts=[180000 + 3600 * i for i in range(25)],
+        audio=(Audio("ac3", start=2.0),),
+    )
+    path = directory / "joined.ts"
+    path.write_bytes(first.read_bytes() + second.read_bytes())
+    return path
+
+
+def ts_mpeg2_damaged(directory: Path, flips: int = 300, seed: int = 1) -> Path:
+    """MPEG-2 + AC-3 in MPEG-TS (video from 1.4 s) with ``flips`` random bytes overwritten. The MPEG-2
+    decoder conceals the damage (frames flagged corrupt, no exception), and damaged PES headers give
+    single frames wild timestamps."""
+    source = make_video(
+        Path(directory) / "clean.ts", frames=25, codec="mpeg2video", pts=[35 + i for i in range(25)],
+        audio=(Audio("ac3", language="eng", start=1.38),),
+    )
+    data = bytearray(source.read_bytes())
+    rng = np.random.default_rng(seed)
+    for i in rng.integers(2000, len(data) - 2000, flips):
+        data[i] = int(rng.integers(0, 256))
+    path = Path(directory) / "damaged.ts"
+    path.write_bytes(bytes(data))
+    return path

@@ -247,7 +247,7 @@ def _upscale_folder(job: Job, config: UpscaleConfig, emit: Emit) -> int:
 
     def items():
         for i, path in enumerate(paths):
-            image = read_image(path, emit)
+            image = read_image(path, emit if i in todo else ignore)  # skipped images are read for the clip plan only
             yield FolderItem(i, image.rgb, image, targets[i])
 
     from vsrup.models import load_upscaler

@@ -80,9 +80,70 @@ def expected_step(video: VideoInfo) -> int:
 
 
 def _decoded(container, stream, video: VideoInfo, allow_partial: bool, path: str, emit: Emit) -> Iterator[av.VideoFrame]:
-    """Decode in a demux loop: a damaged packet costs that packet, not the rest of the file."""
-    damaged = 0
-    last_time = None  # seconds: end of the last decoded frame
+    """Decode in a demux loop, with timestamp discontinuities and one-frame pts spikes repaired."""
+    step = expected_step(video)
+    timeline = _Timeline(step, max(DISCONTINUITY_STEPS * step, round(DISCONTINUITY_SECONDS / video.time_base)))
+    last_time = None  # seconds: end of the last decoded frame (on the repaired timeline)
+    for frame in _spikes_removed(_raw_decoded(container, stream, video, allow_partial, path, emit), step):
+        if frame.pts is not None:
+            frame.pts = timeline.place(frame.pts)
+            last_time = float((frame.pts + step) * video.time_base)
+        yield frame
+    if timeline.jumps:
+        emit(Event("warning", path=path, message=f"{timeline.jumps} backward timestamp jump(s) (joined or wrapped recording); "
+                   "the rest of the video was placed after what came before"))
+    _check_complete(video, last_time, allow_partial, path, emit)
+
+
+DISCONTINUITY_STEPS = 4  # a pts going back by more than this many frame steps (and at least
+DISCONTINUITY_SECONDS = 0.5  # this long) is a discontinuity, not a decoder that reorders late
+
+
+class _Timeline:
+    """Backward jumps past ``threshold`` ticks (two recordings joined, TS discontinuities) shift the rest
+    of the video to continue right after the last frame, as FFmpeg does for formats with discontinuities.
+    Smaller steps back are left to the per-frame repair (last + 1 tick)."""
+
+    def __init__(self, step: int, threshold: int):
+        self.step, self.threshold = step, threshold
+        self.offset = 0
+        self.last: int | None = None
+        self.jumps = 0
+
+    def place(self, pts: int) -> int:
+        pts += self.offset
+        if self.last is not None and pts < self.last - self.threshold:
+            self.offset += self.last + self.step - pts
+            pts = self.last + self.step
+            self.jumps += 1
+        self.last = pts if self.last is None else max(self.last, pts)
+        return pts
+
+
+def _spikes_removed(frames: Iterator[av.VideoFrame], step: int) -> Iterator[av.VideoFrame]:
+    """One frame whose pts leaps ahead while its successor comes back (a damaged PES header) gets
+    the pts it should have had; without this every later frame would be squeezed behind the leap."""
+    last = held = None
+    for frame in frames:
+        if held is not None:
+            p, n = held.pts, frame.pts
+            if p is not None and n is not None and last is not None and last < n < p and p - n > step:
+                held.pts = min(last + step, last + (n - last) // 2) if n - last > 1 else None
+            last = held.pts if held.pts is not None else last
+            yield held
+        held = frame
+    if held is not None:
+        yield held
+
+
+def _raw_decoded(container, stream, video: VideoInfo, allow_partial: bool, path: str, emit: Emit) -> Iterator[av.VideoFrame]:
+    """Decode in a demux loop: a damaged packet costs that packet, not the rest of the file.
+
+    Frames the decoder flags as corrupt (MPEG-2 and H.264 conceal damage instead of raising) are
+    damage too: an error without ``allow_partial``, kept and counted with it.
+    """
+    damaged = corrupt = 0
+    last_time = None  # seconds: end of the last decoded frame (for the error message)
     packets = container.demux(stream)
     while True:
         try:
@@ -100,12 +161,16 @@ def _decoded(container, stream, video: VideoInfo, allow_partial: bool, path: str
             _damage(path, e, last_time, allow_partial)
             continue
         for frame in decoded:
+            if frame.is_corrupt:
+                corrupt += 1
+                _damage(path, ValueError("the decoder flagged a frame as corrupt"), last_time, allow_partial)
             if frame.pts is not None:
                 last_time = float((frame.pts + expected_step(video)) * video.time_base)
             yield frame
     if damaged:
         emit(Event("warning", path=path, message=f"{damaged} damaged packet(s) skipped; the output is partial"))
-    _check_complete(video, last_time, allow_partial, path, emit)
+    if corrupt:
+        emit(Event("warning", path=path, message=f"{corrupt} frame(s) decoded from damaged data (errors concealed by the decoder)"))
 
 
 def _damage(path: str, error: Exception, last_time: float | None, allow_partial: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 from vsrup.config import EncodeConfig
 from vsrup.errors import InputDataError, OutputError, UsageError
 from vsrup.events import Emit, Event, ignore
-from vsrup.media.decode import expected_step
+from vsrup.media.decode import DISCONTINUITY_SECONDS, expected_step
 from vsrup.media.probe import MATRICES, RANGE_JPEG, RANGE_MPEG, MediaInfo, VideoInfo, open_input, quiet_ffmpeg
 from vsrup.media.streams import Route, first_line, plan_routes
 
@@ -85,6 +86,10 @@ class VideoWriter:
         self._last_pts: int | None = None
         self._pending: av.Packet | None = None  # next side packet, read ahead by one
         self._side = None
+        self._shifts: dict[int, tuple[int, Fraction | None]] = {}  # input stream -> (pts offset, end so far)
+        self._jumps: set[int] = set()  # input streams shifted past a backward jump
+        self._side_dts: dict[int, Fraction] = {}  # output stream -> last muxed dts (seconds)
+        self._dropped: dict[int, int] = {}  # output stream -> packets dropped for a dts going back
         try:
             with _output_errors(self.path):
                 try:
@@ -152,6 +157,8 @@ class VideoWriter:
                 self.emit(Event("warning", path=str(self.info.path), message=f"{codec} has no presets; --preset ignored"))
         if codec == "libx265":
             options["x265-params"] = "log-level=error"  # x265 prints to stderr itself otherwise
+        if codec == "libsvtav1":
+            os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 logs to stderr itself (read at encoder init); 1 = errors
         try:
             stream = self._output.add_stream(codec, rate=video.rate or None, options=options)
         except ValueError as e:
@@ -175,6 +182,8 @@ class VideoWriter:
         for key in ("language", "title", "handler_name"):
             if key in source.metadata:
                 stream.metadata[key] = source.metadata[key]
+        # Matroska writes FlagDefault from the disposition: without this, a default video track comes out non-default.
+        stream.disposition = source.disposition & ~av.stream.Disposition.attached_pic
         self._pix_fmt = pix_fmt
         return stream
 
@@ -213,7 +222,11 @@ class VideoWriter:
                     end = (self._last_pts + expected_step(self.info.video)) * self.info.video.time_base
                 self._carry(until=end)
                 for route in self._routes:
-                    self._mux(route.flush())
+                    self._mux_side(route.flush())
+                for index in sorted(self._jumps):
+                    self._warn(f"stream {index}: timestamps jump back (joined recording); placed after what came before, like the video")
+                for index, count in sorted(self._dropped.items()):
+                    self._warn(f"output stream {index}: {count} packet(s) with out-of-order timestamps dropped")
                 self._output.close()
                 self._source.close()
                 self._closed = True
@@ -247,14 +260,57 @@ class VideoWriter:
             if route is None:
                 continue
             try:
-                self._mux(route.packets(packet))
+                self._mux_side(route.packets(packet))
             except av.error.InvalidDataError:  # a damaged audio/subtitle packet in a transcoded stream
                 self._warn(f"a damaged packet of stream {packet.stream.index} was skipped")
+
+    def _rejoin(self, packet: av.Packet) -> None:
+        """Shift a side stream past a backward timestamp jump, as the video is shifted (decode._Timeline).
+
+        Two recordings joined, or a TS discontinuity: the packets after the jump continue right
+        after the end of the stream's last packet, so the streams stay on one timeline.
+        """
+        ts = packet.dts if packet.dts is not None else packet.pts
+        if ts is None:
+            return
+        index = packet.stream.index
+        offset, last_end = self._shifts.get(index, (0, None))
+        tb = packet.time_base
+        if last_end is not None and (ts + offset) * tb < last_end - DISCONTINUITY_SECONDS:
+            offset = round(last_end / tb) - ts
+            self._jumps.add(index)
+        if offset:
+            if packet.pts is not None:
+                packet.pts += offset
+            if packet.dts is not None:
+                packet.dts += offset
+        end = (ts + offset + (packet.duration or 0)) * tb
+        self._shifts[index] = (offset, end if last_end is None else max(last_end, end))
+
+    def _mux_side(self, packets) -> None:
+        """Mux packets of the other streams; one whose dts does not increase is dropped and counted
+        (the muxer would refuse it and end the whole job)."""
+        for packet in packets:
+            if not packet.size:
+                continue
+            dts = packet.dts if packet.dts is not None else packet.pts
+            index = packet.stream.index
+            if dts is not None and packet.time_base is not None:
+                t = dts * packet.time_base
+                last = self._side_dts.get(index)
+                if last is not None and (t < last or (t == last and packet.stream.type != "subtitle")):
+                    self._dropped[index] = self._dropped.get(index, 0) + 1
+                    continue
+                self._side_dts[index] = t
+            self._output.mux(packet)
 
     def _next_side_packet(self) -> av.Packet | None:
         """The next packet of the other streams; damage there ends them early, with a warning."""
         try:
-            return next(self._side, None)
+            packet = next(self._side, None)
+            if packet is not None and packet.size:
+                self._rejoin(packet)  # once per packet: a packet read ahead comes back through _pending
+            return packet
         except av.error.FFmpegError as e:
             if isinstance(e, OSError) and not isinstance(e, av.error.InvalidDataError):
                 raise

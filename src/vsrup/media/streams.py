@@ -36,6 +36,8 @@ class Route:
     def packets(self, packet: av.Packet) -> Iterator[av.Packet]:
         """Output packets for one input packet (already in the output stream)."""
         if self.mode == "copy":
+            if _is_mov_text_gap(packet):
+                return  # the mp4/mov muxer writes its own gap samples; copying these doubles every gap
             packet.stream = self.out
             yield packet
         elif self.mode == "audio":
@@ -71,6 +73,11 @@ class Route:
             out.time_base = packet.time_base
             out.stream = self.out
             yield out
+
+
+def _is_mov_text_gap(packet: av.Packet) -> bool:
+    """An empty mov_text sample (text length 0): MP4's way of saying "no subtitle from here"."""
+    return packet.stream.codec_context.name == "mov_text" and bytes(packet) == b"\x00\x00"
 
 
 def _dialogue(ass_line: bytes) -> bytes:
