@@ -191,3 +191,11 @@ def test_probe_reports_rotation_rate_and_streams_as_json(tmp_path):
 def test_probe_of_bad_input_is_exit_65(tmp_path):
     result = vsrup("probe", mf.text_file(tmp_path))
     assert result.returncode == 65 and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("args,needle", [(["--codec", "nosuch"], "unknown video encoder"), (["--codec", "ffv1", "--pix-fmt", "gbrp"], "cannot encode pixel format gbrp")])
+def test_bad_encoder_settings_are_usage_errors_before_any_work(tmp_path, args, needle):
+    src = mf.mp4_aac(tmp_path)
+    result = vsrup("upscale", src, tmp_path / "out.mkv", "-m", "lanczos", "-s", "2", *args)
+    assert result.returncode == 2 and needle in result.stderr and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]

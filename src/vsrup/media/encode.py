@@ -133,8 +133,15 @@ class VideoWriter:
     def _add_video(self, video: VideoInfo) -> av.video.stream.VideoStream:
         config = self.config
         codec = config.codec or default_codec(self._output.format.name, video.bit_depth)
+        try:
+            encoder = av.codec.Codec(codec, "w")
+        except av.codec.codec.UnknownCodecError:
+            raise UsageError(f"unknown video encoder {codec!r} (FFmpeg's encoder names: libx264, libx265, libsvtav1, libvpx-vp9, ...)") from None
         if config.pix_fmt:
             pix_fmt, note = config.pix_fmt, None
+            takes = [f.name for f in encoder.video_formats or ()]
+            if takes and pix_fmt not in takes:  # FFmpeg would only say "Invalid argument"
+                raise UsageError(f"{codec} cannot encode pixel format {pix_fmt}; it takes {', '.join(takes)}")
         else:
             pix_fmt, note = choose_pix_fmt(codec, video, self.size)
         if note:
