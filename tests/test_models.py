@@ -118,18 +118,27 @@ def test_long_prompt_warns(tiny_sd_x4_cache):
     assert [e.message for e in events if e.kind == "warning"] == ["the prompt is longer than 77 tokens; the rest is ignored"]
 
 
-def test_cpu_estimate_is_measured_once_and_warned_once(tiny_sd_x4_cache):
+def test_cpu_estimate_comes_from_the_first_real_step_once(tiny_sd_x4_cache):
     events = []
-    up = load_upscaler(UpscaleConfig(device="cpu", sample=SampleConfig(steps=10, guidance=5.0)), events.append)
-    one = up.estimate_seconds(10, 32, 48)
-    assert one > 0
-    assert up.estimate_seconds(20, 32, 48) == pytest.approx(2 * one)  # same measured rate, linear in frames
-    assert up.estimate_seconds(10, 64, 48) == pytest.approx(2 * one)  # and in pixels
-    up.warn_if_cpu(10, 32, 48)
-    up.warn_if_cpu(10, 32, 48)
+    up = load_upscaler(UpscaleConfig(device="cpu", sample=SampleConfig(steps=3, guidance=5.0, tile=0)), events.append)
+    up.expect(100, 8, 12)
+    frames = torch.rand(2, 8, 12, 3).numpy()
+    up.upscale(frames, [0, 1])
+    up.upscale(frames, [2, 3])
     warnings = [e for e in events if e.kind == "warning"]
-    assert len(warnings) == 1 and "running on the CPU" in warnings[0].message
-    assert warnings[0].data["estimate_seconds"] == pytest.approx(one, abs=0.05)
+    assert len(warnings) == 1 and "running on the CPU: about" in warnings[0].message and "100 frame(s) of 12x8" in warnings[0].message
+    estimate = warnings[0].data["estimate_seconds"]
+    assert estimate > 0
+
+
+def test_job_estimate_is_linear_in_frames_and_pixels_and_counts_cfg():
+    from vsrup.device import VAE_DECODE_IN_UNET_EVALS, job_seconds
+
+    one = job_seconds(1e-6, 10, 32, 48, steps=20, guided=False)
+    assert one == pytest.approx(1e-6 * 10 * 32 * 48 * (20 + VAE_DECODE_IN_UNET_EVALS))
+    assert job_seconds(1e-6, 20, 32, 48, 20, False) == pytest.approx(2 * one)
+    assert job_seconds(1e-6, 10, 64, 48, 20, False) == pytest.approx(2 * one)
+    assert job_seconds(1e-6, 10, 32, 48, 20, True) == pytest.approx(1e-6 * 10 * 32 * 48 * (40 + VAE_DECODE_IN_UNET_EVALS))
 
 
 def test_corrupt_weights_are_a_model_error(tiny_sd_x4_folder, tmp_path):

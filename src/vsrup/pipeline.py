@@ -134,9 +134,9 @@ def upscale_video(job: Job, model: LazyUpscaler, config: UpscaleConfig, emit: Em
         with VideoWriter(partial, info, config.encode, (width, height), trim=config.frames is not None, emit=emit) as writer:
             # 4. Load the model (once per batch), then stream: decode -> clips -> upscale -> blend -> encode.
             upscaler = model.get()
-            warn = getattr(upscaler, "warn_if_cpu", None)  # diffusion models warn of long CPU jobs, once
-            if warn is not None:
-                warn(total or 1, info.video.height, info.video.width)
+            expect = getattr(upscaler, "expect", None)  # diffusion models warn of long CPU jobs, once
+            if expect is not None:
+                expect(total or 1, info.video.height, info.video.width)
             frames = decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit)
             with closing(frames):
                 for frame, image in upscale_frames(frames, upscaler, config, in_span(first, stop), stop):
@@ -253,10 +253,10 @@ def _upscale_folder(job: Job, config: UpscaleConfig, emit: Emit) -> int:
     from vsrup.models import load_upscaler
 
     upscaler = load_upscaler(config, emit)
-    warn = getattr(upscaler, "warn_if_cpu", None)
-    if warn is not None:
+    expect = getattr(upscaler, "expect", None)
+    if expect is not None:
         first = read_image(paths[min(todo)]).rgb
-        warn(len(todo), first.shape[0], first.shape[1])
+        expect(len(todo), first.shape[0], first.shape[1])
     written = 0
     for item, rgb in upscale_frames(items(), upscaler, config, todo.__contains__):
         alpha = item.source.alpha  # (h, w, 1) or None

@@ -17,6 +17,7 @@ change no parameter count; the benchmark only needs shapes and compute to match.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+import time
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
@@ -225,8 +226,8 @@ class DiffusionUpscaler:
             raise ModelError(f"cannot load {source} from {folder}: {first_line}") from None
         if self.unet.config.in_channels != 7 or 2 ** (len(self.vae.config.block_out_channels) - 1) != SCALE:
             raise ModelError(f"{source} is not an x4 upscaler (UNet in_channels 7, VAE factor 4)")
+        self.job: tuple[int, int, int] | None = None  # (frames, h, w) of the job, from ``expect``
         self.warned = False
-        self.seconds_per_latent_px: float | None = None
         self.retries: dict[tuple[int, int, int], OomRetry] = {}  # (h, w, T) -> the memory plan in force
         temporal = self.sample.motion_guidance > 0 or bool(self.sample.propagation_steps)
         self.flows = FlowWorker(self.sample.flow) if temporal else None
@@ -256,8 +257,11 @@ class DiffusionUpscaler:
         def sample(plan) -> torch.Tensor:
             # One CPU generator per frame, seeded by its index in the input; a fresh scheduler: a retry starts over.
             generators = [torch.Generator("cpu").manual_seed(s.seed + int(i)) for i in indices]
+            denoiser = TiledDenoiser(UNetDenoiser(self.unet), plan)
+            if self.device.type == "cpu" and self.job is not None and not self.warned:
+                denoiser = FirstCallTimer(denoiser, self.warn_slow)  # the CPU warning, from a real step
             return sample_clip(
-                TiledDenoiser(UNetDenoiser(self.unet), plan), build_scheduler(s.scheduler, self.scheduler_config),
+                denoiser, build_scheduler(s.scheduler, self.scheduler_config),
                 self.low_res_scheduler, low_res, self.text, generators, steps=s.steps, guidance=s.guidance,
                 noise_level=s.noise_level, latent_channels=self.unet.config.out_channels, hook=hook,
             )  # (T, 4, h, w)
@@ -289,39 +293,38 @@ class DiffusionUpscaler:
             self.retries[key] = OomRetry(plan, on_shrink=lambda message: self.emit(Event("warning", message=message)))
         return self.retries[key]
 
-    def estimate_seconds(self, n_frames: int, height: int, width: int) -> float:
-        """Seconds to upscale ``n_frames`` frames of ``height`` x ``width`` on this device (see ``job_seconds``).
+    def expect(self, n_frames: int, height: int, width: int) -> None:
+        """The job's size: on the CPU, the first UNet call of the job is timed and the job's time estimated."""
+        self.job = (n_frames, height, width)
 
-        Measures one UNet evaluation (batch 1, the conditional half only) on a probe latent of at most
-        64 x 64, after an 8 x 8 warm-up call, once per upscaler, and scales it per latent pixel.
-        """
-        if self.seconds_per_latent_px is None:
-            ph, pw = min(height, 64), min(width, 64)
-            unet = UNetDenoiser(self.unet)
-            t = torch.tensor(999, device=self.device)
-            text = self.text.cond.to(self.device)  # (1, 77, D)
-            level = torch.tensor([self.sample.noise_level], device=self.device)  # (1,)
-            with torch.no_grad():
-                unet(torch.zeros((1, 7, 8, 8), device=self.device, dtype=self.dtype), t, text, level)  # warm-up
-                x = torch.zeros((1, 7, ph, pw), device=self.device, dtype=self.dtype)  # (1, 7, ph, pw)
-                start = _now(self.device)
-                unet(x, t, text, level)  # (1, 4, ph, pw)
-                self.seconds_per_latent_px = (_now(self.device) - start) / (ph * pw)
-        s = self.sample
-        return job_seconds(self.seconds_per_latent_px, n_frames, height, width, s.steps, s.guidance > 1.0)
-
-    def warn_if_cpu(self, n_frames: int, height: int, width: int) -> None:
-        """Once per upscaler, on the CPU: a ``warning`` event with the job's estimated time."""
-        if self.device.type != "cpu" or self.warned:
-            return
+    def warn_slow(self, seconds: float, samples: int, height: int, width: int) -> None:
+        """One ``warning`` event with the job's estimated time, from the measured first UNet call."""
         self.warned = True
-        seconds = self.estimate_seconds(n_frames, height, width)
+        n_frames, job_h, job_w = self.job
+        rate = seconds / (samples * height * width)  # seconds per latent pixel per UNet evaluation
+        s = self.sample
+        total = job_seconds(rate, n_frames, job_h, job_w, s.steps, s.guidance > 1.0)
         self.emit(Event(
             "warning",
-            message=f"running on the CPU: about {_duration(seconds)} for {n_frames} frame(s) of {width}x{height} "
-            f"({self.sample.steps} steps{', CFG' if self.sample.guidance > 1.0 else ''}; from one measured UNet step)",
-            data={"estimate_seconds": round(seconds, 1)},
+            message=f"running on the CPU: about {_duration(total)} for {n_frames} frame(s) of {job_w}x{job_h} "
+            f"({s.steps} steps{', CFG' if s.guidance > 1.0 else ''}; from the first UNet step)",
+            data={"estimate_seconds": round(total, 1)},
         ))
+
+
+class FirstCallTimer:
+    """A denoiser whose first call is timed and reported as ``report(seconds, samples, h, w)``."""
+
+    def __init__(self, inner, report):
+        self.inner, self.report = inner, report
+
+    def __call__(self, x, t, text, noise_level):  # x (B, 7, h, w)
+        started = time.perf_counter()
+        out = self.inner(x, t, text, noise_level)  # (B, 4, h, w)
+        if self.report is not None:
+            self.report(time.perf_counter() - started, x.shape[0], x.shape[2], x.shape[3])
+            self.report = None
+        return out
 
 
 class TiledDenoiser:
@@ -354,14 +357,6 @@ def quiet_libraries() -> Iterator[None]:
             lib.set_verbosity(verbosity)
             if bars:
                 lib.enable_progress_bar()
-
-
-def _now(device: torch.device) -> float:
-    import time
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 def _duration(seconds: float) -> str:

@@ -1,0 +1,623 @@
+"""Seconds per output frame of the real x4 pipeline, split by stage, with counted FLOPs (issue 6; not a test).
+
+    python benchmarks/bench_pipeline.py --size 32x32 --frames 4 --steps 2                  # CPU, < 1 min
+    python benchmarks/bench_pipeline.py --device cuda --dtype bf16 --size 480x854 --frames 16 --steps 20 --guidance 1
+    python benchmarks/bench_pipeline.py --flops-only --size 480x854 --steps 20 --guidance 1   # FLOP counts, no run
+
+What runs. The full-size SD x4 networks (``vsrup.models.sd_x4.build_random_components``: the real
+UNet, VAE and text-encoder configs, random weights) are built once, untimed. Then
+``vsrup.pipeline.upscale`` runs on a generated H.264 + AAC video (``bench_memory.make_video``): probe,
+writer set-up, model construction (prompt encoding with the full-size text encoder), decode, clip
+planning, flow (``FlowWorker``), the sampler with tiles, CFG and the motion-guidance hook, tiled VAE
+decode, colour fix, cross-fade, encode and mux. Only the weight *loading* is replaced: four
+attributes are patched so that the loader returns the in-memory networks instead of reading
+safetensors (``hub.resolve`` -> a temporary folder holding a tokenizer and the two scheduler configs;
+``sd_x4.weights_variant`` -> None; ``sd_x4.CLIPTextModel.from_pretrained`` -> the in-memory text
+encoder; ``sd_x4.load_networks`` -> the in-memory UNet and VAE plus the schedulers read from the
+folder). Disk reads of the ~1.7 GB (fp16) / 3.4 GB (fp32) of weights are therefore not in the
+timings; everything after them is. The tokenizer is tests/tiny_sd.py's tiny byte-level BPE: prompts
+tokenize differently from the real vocabulary, but every prompt is padded to 77 tokens, so the text
+encoder's work is the same.
+
+Stages (main thread, exclusive: a stage's time excludes stages nested in it), by wrapping, from here,
+the functions the pipeline calls:
+  decode        media.probe.probe and every next() of media.decode.decode_frames
+  flow          the main thread's wait in Future.result() for FlowWorker's flow
+  text_encoder  sd_x4.embed_prompts (tokenizer load, weights to device, 1 or 2 forward passes)
+  unet          sampling.loop.UNetDenoiser.__call__ for the sampler's calls (one call per tile batch)
+  guidance      the step hook returned by sd_x4.temporal_hook (motion guidance / propagation)
+  vae           each call of the decode fn returned by sd_x4.vae_decoder (one call per VAE tile)
+  color_fix     sd_x4.color_fix
+  encode        media.encode.VideoWriter.__init__ (trial mux), .write, .close
+  cpu_estimate  DiffusionUpscaler.estimate_seconds (CPU only: the time estimate measures one UNet call)
+  idle          wall time minus all of the above: clip planning, tile stacking and blending, scheduler
+                steps, noise draws, CFG combination, cross-fade, float<->numpy copies, Python
+Flow runs in a worker thread; its busy time is reported separately (flow_worker_busy_s). On CUDA
+every GPU stage synchronises on entry and exit, so its time is its own.
+
+FLOPs are counted, not estimated: every UNet and VAE call's input shape is recorded, and each distinct
+shape is counted once with torch.utils.flop_counter.FlopCounterMode on meta-device copies of the
+same networks (1 MAC = 2 FLOP), then multiplied by the calls made. The text encoder likewise.
+Achieved TFLOP/s = counted FLOPs / the stage's measured seconds.
+
+Peak memory: CUDA torch.cuda.max_memory_allocated over the timed run; on the CPU the process's
+VmHWM over the timed run (reset through /proc/self/clear_refs just before it; weights included).
+matmul_tflops (one square matmul) and conv_tflops (one 3x3 512-channel conv) are measured here, in the
+run's dtype, on the run's device and thread count, right after the run; floor_s_per_frame = counted
+FLOPs per frame / the faster of the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from unittest import mock
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("decode", "flow", "text_encoder", "unet", "guidance", "vae", "color_fix", "encode", "cpu_estimate", "idle")
+COMPUTE = ("unet", "vae", "text_encoder")  # overhead_fraction: the share of wall time outside these
+
+
+# --- stage timing -----------------------------------------------------------------------------
+
+
+class Stages:
+    """Exclusive wall-clock time per stage on the main thread; GPU stages synchronise on entry and exit."""
+
+    def __init__(self, device):
+        import torch
+
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: Counter = Counter()
+        self.stack: list[list] = []  # [name, seconds spent in nested stages]
+        self.main = threading.get_ident()
+        self.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        self.flow_busy = 0.0
+        self.lock = threading.Lock()
+
+    def active(self, name: str) -> bool:
+        return any(frame[0] == name for frame in self.stack)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, gpu: bool = False):
+        if threading.get_ident() != self.main:  # only the main thread's critical path is split
+            yield
+            return
+        if gpu:
+            self.sync()
+        start = time.perf_counter()
+        self.stack.append([name, 0.0])
+        try:
+            yield
+        finally:
+            if gpu:
+                self.sync()
+            elapsed = time.perf_counter() - start
+            _, nested = self.stack.pop()
+            self.seconds[name] += elapsed - nested
+            self.calls[name] += 1
+            if self.stack:
+                self.stack[-1][1] += elapsed
+
+
+class TimedFuture:
+    """A FlowWorker future whose result() wait counts as the main thread's flow stage."""
+
+    def __init__(self, future, stages: Stages):
+        self.future, self.stages = future, stages
+
+    def result(self, timeout=None):
+        with self.stages("flow"):
+            return self.future.result(timeout)
+
+    def __getattr__(self, name):
+        return getattr(self.future, name)
+
+
+@contextlib.contextmanager
+def instrumented(stages: Stages, record: dict, injected: dict, folder: Path):
+    """Patch the loader (inject in-memory networks) and wrap the pipeline's stage functions."""
+    import vsrup.flow as flow_mod
+    import vsrup.media.decode as decode_mod
+    import vsrup.media.encode as encode_mod
+    import vsrup.media.probe as probe_mod
+    import vsrup.models.hub as hub_mod
+    import vsrup.models.sd_x4 as sd
+    from vsrup.sampling.loop import UNetDenoiser
+
+    orig = dict(
+        unet=UNetDenoiser.__call__, vae_decoder=sd.vae_decoder, embed=sd.embed_prompts, hook=sd.temporal_hook,
+        color_fix=sd.color_fix, estimate_flow=flow_mod.estimate_flow, submit=flow_mod.FlowWorker.submit,
+        decode=decode_mod.decode_frames, probe=probe_mod.probe, w_init=encode_mod.VideoWriter.__init__,
+        w_write=encode_mod.VideoWriter.write, w_close=encode_mod.VideoWriter.close,
+        estimate=sd.DiffusionUpscaler.estimate_seconds, schedulers=sd.DDIMScheduler, low_res=sd.DDPMScheduler,
+    )
+
+    # Injection: the loader returns the in-memory networks (no safetensors read).
+    class TextEncoderFromMemory:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            return injected["text_encoder"]
+
+    def load_networks(folder_, device, dtype):
+        unet, vae = injected["unet"], injected["vae"]
+        scheduler_config = orig["schedulers"].load_config(folder_, subfolder="scheduler")
+        low_res = orig["low_res"].from_pretrained(folder_, subfolder="low_res_scheduler")
+        return unet.to(device).eval(), vae.to(device).eval(), scheduler_config, low_res
+
+    # Timing wrappers.
+    def unet_call(self, x, t, text, noise_level):
+        if stages.active("cpu_estimate"):  # the CPU time estimate's probe calls are not sampling work
+            return orig["unet"](self, x, t, text, noise_level)
+        record["unet"].append((tuple(x.shape), tuple(text.shape)))
+        with stages("unet", gpu=True):
+            return orig["unet"](self, x, t, text, noise_level)
+
+    def vae_decoder(vae):
+        decode = orig["vae_decoder"](vae)
+
+        def timed(latents):
+            record["vae"].append(tuple(latents.shape))
+            with stages("vae", gpu=True):
+                return decode(latents)
+
+        return timed
+
+    def embed_prompts(folder_, sample, device, dtype, emit):
+        with stages("text_encoder", gpu=True):
+            text = orig["embed"](folder_, sample, device, dtype, emit)
+        if device.type != "cpu":  # the library frees its copy; ours goes back to the host, untimed
+            injected["text_encoder"].to("cpu")
+            import torch
+
+            torch.cuda.empty_cache()
+        return text
+
+    def temporal_hook(*args, **kwargs):
+        hook = orig["hook"](*args, **kwargs)
+        if hook is None:
+            return None
+
+        def timed(step):
+            with stages("guidance", gpu=True):
+                return hook(step)
+
+        return timed
+
+    def color_fix(*args, **kwargs):
+        with stages("color_fix", gpu=True):
+            return orig["color_fix"](*args, **kwargs)
+
+    def estimate_flow(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return orig["estimate_flow"](*args, **kwargs)
+        finally:
+            with stages.lock:
+                stages.flow_busy += time.perf_counter() - start
+
+    def submit(self, frames):
+        return TimedFuture(orig["submit"](self, frames), stages)
+
+    def decode_frames(*args, **kwargs):
+        frames = orig["decode"](*args, **kwargs)
+        try:
+            while True:
+                with stages("decode"):
+                    try:
+                        frame = next(frames)
+                    except StopIteration:
+                        return
+                yield frame
+        finally:
+            frames.close()
+
+    def probe(*args, **kwargs):
+        with stages("decode"):
+            return orig["probe"](*args, **kwargs)
+
+    def writer_init(self, *args, **kwargs):
+        with stages("encode"):
+            return orig["w_init"](self, *args, **kwargs)
+
+    def writer_write(self, *args, **kwargs):
+        with stages("encode"):
+            return orig["w_write"](self, *args, **kwargs)
+
+    def writer_close(self, *args, **kwargs):
+        with stages("encode"):
+            return orig["w_close"](self, *args, **kwargs)
+
+    def estimate_seconds(self, *args, **kwargs):
+        with stages("cpu_estimate", gpu=True):
+            return orig["estimate"](self, *args, **kwargs)
+
+    patches = [
+        mock.patch.object(hub_mod, "resolve", lambda *a, **k: folder),
+        mock.patch.object(sd, "weights_variant", lambda *a, **k: None),
+        mock.patch.object(sd, "CLIPTextModel", TextEncoderFromMemory),
+        mock.patch.object(sd, "load_networks", load_networks),
+        mock.patch.object(UNetDenoiser, "__call__", unet_call),
+        mock.patch.object(sd, "vae_decoder", vae_decoder),
+        mock.patch.object(sd, "embed_prompts", embed_prompts),
+        mock.patch.object(sd, "temporal_hook", temporal_hook),
+        mock.patch.object(sd, "color_fix", color_fix),
+        mock.patch.object(flow_mod, "estimate_flow", estimate_flow),
+        mock.patch.object(flow_mod.FlowWorker, "submit", submit),
+        mock.patch.object(decode_mod, "decode_frames", decode_frames),
+        mock.patch.object(probe_mod, "probe", probe),
+        mock.patch.object(encode_mod.VideoWriter, "__init__", writer_init),
+        mock.patch.object(encode_mod.VideoWriter, "write", writer_write),
+        mock.patch.object(encode_mod.VideoWriter, "close", writer_close),
+        mock.patch.object(sd.DiffusionUpscaler, "estimate_seconds", estimate_seconds),
+    ]
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        yield
+
+
+# --- model folder, FLOPs, throughput ----------------------------------------------------------
+
+
+def write_model_folder(folder: Path, components: dict) -> None:
+    """What the loader still reads from disk: the tokenizer and the two scheduler configs."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from tiny_sd import write_tiny_clip_tokenizer_files
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    from transformers import CLIPTokenizer
+
+    source = folder / "tokenizer-src"
+    write_tiny_clip_tokenizer_files(source)
+    tokenizer = CLIPTokenizer(vocab=str(source / "vocab.json"), merges=str(source / "merges.txt"), pad_token="!")
+    tokenizer.model_max_length = 77
+    tokenizer.save_pretrained(folder / "tokenizer")
+    components["scheduler"].save_pretrained(folder / "scheduler")
+    components["low_res_scheduler"].save_pretrained(folder / "low_res_scheduler")
+
+
+class FlopCounter:
+    """FLOPs of one call of each network at a given input shape, counted on meta-device copies."""
+
+    def __init__(self):
+        from vsrup.models.sd_x4 import build_random_components
+
+        with quiet():
+            meta = build_random_components("meta")
+        self.unet, self.vae, self.text_encoder = meta["unet"], meta["vae"], meta["text_encoder"]
+        self.cache: dict = {}
+
+    def _count(self, key, fn) -> int:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        if key not in self.cache:
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                fn()
+            self.cache[key] = counter.get_total_flops()
+        return self.cache[key]
+
+    def unet_call(self, x_shape, text_shape) -> int:
+        import torch
+
+        def run():
+            x = torch.empty(x_shape, device="meta")  # (N, 7, h, w)
+            text = torch.empty(text_shape, device="meta")  # (N, 77, D)
+            levels = torch.zeros(x_shape[0], dtype=torch.long, device="meta")  # (N,)
+            self.unet(x, torch.tensor(999, device="meta"), encoder_hidden_states=text, class_labels=levels, return_dict=False)
+
+        return self._count(("unet", x_shape, text_shape), run)
+
+    def vae_call(self, z_shape) -> int:
+        import torch
+
+        return self._count(("vae", z_shape), lambda: self.vae.decode(torch.empty(z_shape, device="meta")))
+
+    def text_call(self) -> int:
+        import torch
+
+        return self._count(("text",), lambda: self.text_encoder(torch.zeros(1, 77, dtype=torch.long, device="meta")))
+
+
+def matmul_tflops(device, dtype, n: int | None = None, reps: int = 5) -> float:
+    """Best-of-``reps`` throughput of one n x n x n matmul in ``dtype`` on ``device`` (TFLOP/s)."""
+    import torch
+
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e12
+
+
+def conv_tflops(device, dtype, reps: int = 5) -> float:
+    """Best-of-``reps`` throughput of a 3x3 conv, 512 -> 512 channels on a 64 x 64 map (the VAE's widest), TFLOP/s.
+
+    The CPU's convolutions (oneDNN) can beat its fp32 matmul (MKL), so the floor uses the faster of the two.
+    """
+    import torch
+
+    batch = 8 if device.type == "cuda" else 1
+    x = torch.randn(batch, 512, 64, 64, device=device, dtype=dtype)
+    conv = torch.nn.Conv2d(512, 512, 3, padding=1, device=device, dtype=dtype)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    best = float("inf")
+    with torch.no_grad():
+        conv(x)
+        sync()
+        for _ in range(reps):
+            start = time.perf_counter()
+            conv(x)
+            sync()
+            best = min(best, time.perf_counter() - start)
+    return 2 * batch * 512 * 512 * 9 * 64 * 64 / best / 1e12
+
+
+@contextlib.contextmanager
+def quiet():
+    """diffusers/transformers warn about dtype casts of random models; not interesting here."""
+    import diffusers.utils.logging as dl
+    import transformers.utils.logging as tl
+
+    levels = dl.get_verbosity(), tl.get_verbosity()
+    dl.set_verbosity_error()
+    tl.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dl.set_verbosity(levels[0])
+        tl.set_verbosity(levels[1])
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto|fp32|fp16|bf16 (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--size", default="32x32", help="input HxW (= latent size; the output is 4x)")
+    p.add_argument("--frames", type=int, default=4, help="frames of the generated input video")
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale; default: the library's (6.0); <= 1 disables CFG")
+    p.add_argument("--motion-guidance", type=float, default=None, help="default: the library's (0.5); 0 disables the hook and the flow")
+    p.add_argument("--tile", type=int, default=None, help="UNet tile in latent px; default auto (the memory plan), 0 = untiled")
+    p.add_argument("--clip-len", type=int, default=None, help="default: the library's (8)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet and the VAE decoder in place (bench-side; the library has no such option)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed full runs first (default: 1 on CUDA or with --compile, else 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--flops-only", action="store_true", help="print counted FLOPs per frame at --size (tiled and untiled; --tile sets the tile, default 128); no run")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p.parse_args(argv)
+
+
+def flops_only(args, height: int, width: int) -> dict:
+    """Counted FLOPs per frame at --size: the UNet untiled and in the auto plan's tiles (128, overlap 32),
+    the VAE decode untiled and in its tiles (128, overlap 32), the text encoder; and the floor at 800 TFLOP/s."""
+    from vsrup.config import SampleConfig
+    from vsrup.sampling.tiles import plan
+
+    defaults = SampleConfig()
+    counter = FlopCounter()
+    tile = args.tile if args.tile is not None else 128
+    overlap = min(defaults.tile_overlap, tile // 4) if tile else 0
+    n_tiles = len(plan(1, height, width, tile, overlap)) if tile else 1
+    side = (min(tile, height), min(tile, width)) if tile else (height, width)
+    unet_whole = counter.unet_call((1, 7, height, width), (1, 77, 1024))
+    unet_tiled = n_tiles * counter.unet_call((1, 7, *side), (1, 77, 1024))
+    vae_whole = counter.vae_call((1, 4, height, width))
+    vae_tiled = n_tiles * counter.vae_call((1, 4, *side))
+    px = height * width
+    cfg = 2 if (args.guidance if args.guidance is not None else defaults.guidance) > 1.0 else 1
+    per_frame = {"untiled": args.steps * cfg * unet_whole + vae_tiled, "tiled": args.steps * cfg * unet_tiled + vae_tiled}
+    return {
+        "size": f"{height}x{width}", "steps": args.steps, "cfg": cfg == 2, "tile": tile, "overlap": overlap, "tiles": n_tiles,
+        "unet_flops_untiled": unet_whole, "unet_mflop_per_px_untiled": unet_whole / px / 1e6,
+        "unet_flops_tiled": unet_tiled,
+        "vae_flops_untiled": vae_whole, "vae_mflop_per_px_untiled": vae_whole / px / 1e6,
+        "vae_flops_tiled": vae_tiled,
+        "text_encoder_flops_per_prompt": counter.text_call(),
+        "frame_flops_unet_untiled": per_frame["untiled"], "frame_flops_unet_tiled": per_frame["tiled"],
+        "floor_s_per_frame_at_800_tflops_unet_untiled": per_frame["untiled"] / 800e12,
+        "floor_s_per_frame_at_800_tflops_unet_tiled": per_frame["tiled"] / 800e12,
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    height, width = map(int, args.size.lower().split("x"))
+    if args.flops_only:
+        result = flops_only(args, height, width)
+        print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+        return result
+
+    import numpy as np  # noqa: F401  (PyAV's to_ndarray)
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_memory import make_video
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from vsrup.config import SampleConfig, UpscaleConfig
+    from vsrup.device import resolve_device, resolve_dtype
+    from vsrup.models.sd_x4 import build_random_components
+    from vsrup.pipeline import upscale
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    warmup = args.warmup if args.warmup is not None else int(device.type == "cuda" or args.compile)
+
+    # 1. Full-size random networks (untimed), the input video, the model folder.
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    with quiet():
+        components = build_random_components("cpu", dtype)
+    injected = {"unet": components["unet"].to(device), "vae": components["vae"].to(device), "text_encoder": components["text_encoder"]}
+    if args.compile:
+        injected["unet"].compile()
+        injected["vae"].decoder.compile()
+    build_s = time.perf_counter() - started
+
+    defaults = SampleConfig()
+    sample = SampleConfig(
+        steps=args.steps,
+        guidance=defaults.guidance if args.guidance is None else args.guidance,
+        motion_guidance=defaults.motion_guidance if args.motion_guidance is None else args.motion_guidance,
+        tile=args.tile,
+        clip_len=args.clip_len or defaults.clip_len,
+    )
+    dtype_name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+
+    with tempfile.TemporaryDirectory(prefix="vsrup-bench-") as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "model"
+        write_model_folder(folder, components)
+        source = tmp / "input.mp4"
+        make_video(source, args.frames, width, height)
+        config = UpscaleConfig(scale=4, model=str(folder), device=str(device), dtype=dtype_name, overwrite=True, sample=sample)
+
+        def run(events: list):
+            stages, record = Stages(device), defaultdict(list)
+            with instrumented(stages, record, injected, folder), quiet():
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                results = upscale([source], tmp / "output.mp4", config, emit=events.append)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                wall = time.perf_counter() - start
+            failed = [r for r in results if r.status != "done"]
+            if failed:
+                raise SystemExit(f"the pipeline failed: {failed[0].error}")
+            return wall, results[0].frames, stages, record
+
+        for _ in range(warmup):
+            run([])
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        rss_reset = _reset_peak_rss()
+        events: list = []
+        wall, frames, stages, record = run(events)
+        peak_rss = _status_bytes("VmHWM") if rss_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak_mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss
+
+    # 2. FLOPs of the calls made, counted per distinct shape.
+    counter = FlopCounter()
+    unet_flops = sum(counter.unet_call(x, t) for x, t in record["unet"])
+    vae_flops = sum(counter.vae_call(z) for z in record["vae"])
+    text_calls = 2 if sample.guidance > 1.0 else 1
+    text_flops = text_calls * counter.text_call()
+    matmul, conv = matmul_tflops(device, dtype), conv_tflops(device, dtype)
+    peak = max(matmul, conv)
+
+    seconds = {name: stages.seconds.get(name, 0.0) for name in STAGES if name != "idle"}
+    seconds["idle"] = wall - sum(seconds.values())
+    compute = sum(seconds[name] for name in COMPUTE)
+    total_flops = unet_flops + vae_flops + text_flops
+
+    def rate(flops, s):
+        return flops / s / 1e12 if s > 0 else None
+
+    plan_lines = [e.message for e in events if e.kind == "info" and e.message.startswith("memory plan")]
+    result = {
+        "s_per_frame": wall / frames,
+        "wall_s": wall,
+        "frames": frames,
+        "stages": {k: round(v, 4) for k, v in seconds.items()},
+        "stage_calls": dict(stages.calls),
+        "flow_worker_busy_s": round(stages.flow_busy, 4),
+        "overhead_fraction": 1 - compute / wall,
+        "unet_tflops": rate(unet_flops, seconds["unet"]),
+        "vae_tflops": rate(vae_flops, seconds["vae"]),
+        "text_encoder_tflops": rate(text_flops, seconds["text_encoder"]),
+        "unet_flops": unet_flops,
+        "vae_flops": vae_flops,
+        "text_encoder_flops": text_flops,
+        "unet_calls": Counter(f"{x}" for x, _ in record["unet"]),
+        "vae_calls": Counter(f"{z}" for z in record["vae"]),
+        "unet_mflop_per_latent_px_per_sample": unet_flops / sum(x[0] * x[2] * x[3] for x, _ in record["unet"]) / 1e6 if record["unet"] else None,
+        "matmul_tflops": matmul,
+        "conv_tflops": conv,
+        "floor_s_per_frame": total_flops / frames / (peak * 1e12),
+        "peak_mem_bytes": peak_mem,
+        "peak_rss_bytes": peak_rss,
+        "settings": {
+            "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "dtype": dtype_name, "size": f"{height}x{width}", "frames": args.frames, "steps": sample.steps,
+            "guidance": sample.guidance, "motion_guidance": sample.motion_guidance, "tile": sample.tile,
+            "clip_len": sample.clip_len, "compile": args.compile, "warmup": warmup, "threads": torch.get_num_threads(),
+            "memory_plan": plan_lines,
+        },
+        "build_s": round(build_s, 1),
+        "load_average": os.getloadavg()[0],
+        "commit": _commit(),
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['s_per_frame']:.3f} s/frame ({frames} frames in {wall:.2f} s), overhead fraction {result['overhead_fraction']:.3f}")
+        for name, s in seconds.items():
+            print(f"  {name:<13}{s:9.3f} s  {100 * s / wall:5.1f}%")
+        print(f"  flow worker busy {stages.flow_busy:.3f} s (off the main thread)")
+        for name, flops, s in (("UNet", unet_flops, seconds["unet"]), ("VAE", vae_flops, seconds["vae"]), ("text", text_flops, seconds["text_encoder"])):
+            print(f"  {name:<5}{flops / 1e12:9.3f} TFLOP counted  {rate(flops, s) or 0:8.3f} TFLOP/s")
+        print(f"  matmul {matmul:.3f}, conv {conv:.3f} TFLOP/s -> FLOP floor {result['floor_s_per_frame']:.3f} s/frame")
+        print(f"  peak memory {peak_mem / 2**30:.2f} GiB, peak RSS {peak_rss / 2**30:.2f} GiB; {plan_lines}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Smoke test of benchmarks/bench_pipeline.py: the real pipeline with full-size random networks, tiniest size."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from tiny_sd import one_torch_thread  # noqa: F401  (restores torch's thread count)
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_pipeline.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("bench_pipeline", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow  # ~20 s building the full-size networks on a 2-core CPU, plus the run
+def test_bench_pipeline_json(capsys, one_torch_thread):
+    bench = load_script()
+    result = bench.main(["--device", "cpu", "--size", "16x16", "--frames", "2", "--steps", "1", "--guidance", "1", "--threads", "1", "--json"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["frames"] == result["frames"] == 2
+    for key in ("s_per_frame", "stages", "unet_tflops", "vae_tflops", "overhead_fraction", "peak_mem_bytes", "peak_rss_bytes"):
+        assert key in printed, key
+    stages = printed["stages"]
+    assert set(stages) == set(bench.STAGES)
+    measured = sum(v for k, v in stages.items() if k != "idle")
+    assert 0 < measured <= printed["wall_s"] + 1e-6  # the main thread's stages never exceed the wall time
+    assert stages["unet"] > 0 and stages["vae"] > 0 and stages["text_encoder"] > 0
+    assert 0 <= printed["overhead_fraction"] < 1
+    # one step, no CFG, 2 frames of 16x16 in one tile per call: the FLOPs are of exactly those calls
+    assert printed["unet_calls"] == {"(2, 7, 16, 16)": 1}
+    assert printed["unet_tflops"] > 0 and printed["vae_tflops"] > 0
+    assert printed["peak_mem_bytes"] > 1e9  # the full-size fp32 networks are resident
