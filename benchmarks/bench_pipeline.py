@@ -29,7 +29,6 @@ the functions the pipeline calls:
   vae           each call of the decode fn returned by sd_x4.vae_decoder (one call per VAE tile)
   color_fix     sd_x4.color_fix
   encode        media.encode.VideoWriter.__init__ (trial mux), .write, .close
-  cpu_estimate  DiffusionUpscaler.estimate_seconds (CPU only: the time estimate measures one UNet call)
   idle          wall time minus all of the above: clip planning, tile stacking and blending, scheduler
                 steps, noise draws, CFG combination, cross-fade, float<->numpy copies, Python
 Flow runs in a worker thread; its busy time is reported separately (flow_worker_busy_s). On CUDA
@@ -65,7 +64,7 @@ from pathlib import Path
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("decode", "flow", "text_encoder", "unet", "guidance", "vae", "color_fix", "encode", "cpu_estimate", "idle")
+STAGES = ("decode", "flow", "text_encoder", "unet", "guidance", "vae", "color_fix", "encode", "idle")
 COMPUTE = ("unet", "vae", "text_encoder")  # overhead_fraction: the share of wall time outside these
 
 
@@ -141,7 +140,7 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path):
         color_fix=sd.color_fix, estimate_flow=flow_mod.estimate_flow, submit=flow_mod.FlowWorker.submit,
         decode=decode_mod.decode_frames, probe=probe_mod.probe, w_init=encode_mod.VideoWriter.__init__,
         w_write=encode_mod.VideoWriter.write, w_close=encode_mod.VideoWriter.close,
-        estimate=sd.DiffusionUpscaler.estimate_seconds, schedulers=sd.DDIMScheduler, low_res=sd.DDPMScheduler,
+        schedulers=sd.DDIMScheduler, low_res=sd.DDPMScheduler,
     )
 
     # Injection: the loader returns the in-memory networks (no safetensors read).
@@ -158,8 +157,6 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path):
 
     # Timing wrappers.
     def unet_call(self, x, t, text, noise_level):
-        if stages.active("cpu_estimate"):  # the CPU time estimate's probe calls are not sampling work
-            return orig["unet"](self, x, t, text, noise_level)
         record["unet"].append((tuple(x.shape), tuple(text.shape)))
         with stages("unet", gpu=True):
             return orig["unet"](self, x, t, text, noise_level)
@@ -239,10 +236,6 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path):
         with stages("encode"):
             return orig["w_close"](self, *args, **kwargs)
 
-    def estimate_seconds(self, *args, **kwargs):
-        with stages("cpu_estimate", gpu=True):
-            return orig["estimate"](self, *args, **kwargs)
-
     patches = [
         mock.patch.object(hub_mod, "resolve", lambda *a, **k: folder),
         mock.patch.object(sd, "weights_variant", lambda *a, **k: None),
@@ -260,7 +253,6 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path):
         mock.patch.object(encode_mod.VideoWriter, "__init__", writer_init),
         mock.patch.object(encode_mod.VideoWriter, "write", writer_write),
         mock.patch.object(encode_mod.VideoWriter, "close", writer_close),
-        mock.patch.object(sd.DiffusionUpscaler, "estimate_seconds", estimate_seconds),
     ]
     with contextlib.ExitStack() as stack:
         for p in patches:
