@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -102,11 +103,16 @@ class Reporter:
         from rich.console import Console
 
         self.quiet, self.log_json = quiet, log_json
+        self.lock = threading.RLock()
         self.err = Console(stderr=True)
         self.progress = None
         self.task = None
 
     def __call__(self, event: Event) -> None:
+        with self.lock:  # decoding and encoding threads report too
+            self.render(event)
+
+    def render(self, event: Event) -> None:
         if self.log_json:
             record = {"event": event.kind, "path": event.path, "message": event.message, "done": event.done, "total": event.total}
             print(json.dumps({**record, **event.data, "time": round(time.time(), 3)}), flush=True)

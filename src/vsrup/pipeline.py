@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from vsrup.errors import EXIT_RUNTIME, InputDataError, Interrupted, UsageError, 
 from vsrup.events import Emit, Event, ignore
 from vsrup.outputs import atomic_output, check_output
 from vsrup.resize import lanczos_resize
+from vsrup.threads import Ahead, Behind
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".m2ts", ".mts", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
 
@@ -137,12 +137,15 @@ def upscale_video(job: Job, model: LazyUpscaler, config: UpscaleConfig, emit: Em
             expect = getattr(upscaler, "expect", None)  # diffusion models warn of long CPU jobs, once
             if expect is not None:
                 expect(total or 1, info.video.height, info.video.width)
+            # Decoding runs a clip ahead and encoding a clip behind, each in its own thread.
             frames = decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit)
-            with closing(frames):
-                for frame, image in upscale_frames(frames, upscaler, config, in_span(first, stop), stop):
-                    writer.write(image, frame.pts)
+            depth = config.sample.clip_len
+            with Ahead(frames, depth, "vsrup-decode") as decoded, Behind(writer.write, depth, "vsrup-encode") as encode:
+                for frame, image in upscale_frames(decoded, upscaler, config, in_span(first, stop), stop):
+                    encode.submit(image, frame.pts)
                     written += 1
                     emit(Event("progress", path=path, done=written, total=total))
+                encode.finish()
         if written == 0:
             raise InputDataError(f"{job.source}: no frames in the range {first}:{'' if stop is None else stop}")
     return written
@@ -257,14 +260,20 @@ def _upscale_folder(job: Job, config: UpscaleConfig, emit: Emit) -> int:
     if expect is not None:
         first = read_image(paths[min(todo)]).rgb
         expect(len(todo), first.shape[0], first.shape[1])
-    written = 0
-    for item, rgb in upscale_frames(items(), upscaler, config, todo.__contains__):
+    def write(item: FolderItem, rgb: np.ndarray) -> None:
         alpha = item.source.alpha  # (h, w, 1) or None
         if alpha is not None:
             alpha = lanczos_resize(alpha, rgb.shape[0], rgb.shape[1])  # (H, W, 1)
         write_image(item.target, rgb, alpha, like=item.source)
-        written += 1
-        emit(Event("progress", path=str(job.source), done=written, total=len(todo)))
+
+    written = 0
+    depth = config.sample.clip_len
+    with Ahead(items(), depth, "vsrup-read") as read, Behind(write, depth, "vsrup-write") as save:
+        for item, rgb in upscale_frames(read, upscaler, config, todo.__contains__):
+            save.submit(item, rgb)
+            written += 1
+            emit(Event("progress", path=str(job.source), done=written, total=len(todo)))
+        save.finish()
     return written
 
 
