@@ -471,7 +471,6 @@ def main(argv=None) -> dict:
         print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
         return result
 
-    import numpy as np  # noqa: F401  (PyAV's to_ndarray)
     import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))

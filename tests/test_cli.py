@@ -1,10 +1,7 @@
 """The command line: thin, lazy, one-line errors and documented exit codes."""
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest

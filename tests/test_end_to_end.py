@@ -6,13 +6,11 @@ in test_default_model.py.
 
 import hashlib
 import json
-import os
 import resource
 import signal
 import subprocess
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import av
