@@ -100,3 +100,10 @@ def test_frames_folder_with_the_default_model(tiny_sd_x4_cache, tmp_path):
     for i in (1, 2, 10):
         with Image.open(out / f"{i}.png") as im:
             assert im.size == (64, 48) and im.mode == "RGBA"
+
+
+def test_flow_raft_without_torchvision_fails_before_any_work(tiny_sd_x4_cache, tmp_path):
+    src = mf.mp4_aac(tmp_path)
+    result = vsrup("upscale", src, tmp_path / "out.mp4", "--flow", "raft")
+    assert result.returncode == 2 and "torchvision" in result.stderr and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]

@@ -149,13 +149,19 @@ def _raft_model(device: str) -> torch.nn.Module:
     return raft_large(weights=Raft_Large_Weights.DEFAULT, progress=False).to(device).eval()
 
 
+def require(method: str) -> None:
+    """UsageError now, before any work, when ``method`` cannot run here."""
+    if method == "raft":
+        try:
+            import torchvision  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "--flow raft needs torchvision: `pip install torchvision` (a build matching your torch), or use --flow dis"
+            ) from None
+
+
 def _raft_pairs(frames: np.ndarray, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        import torchvision  # noqa: F401
-    except ImportError as exc:
-        raise UsageError(
-            "--flow raft needs torchvision: `pip install torchvision` (a build matching your torch), or use --flow dis"
-        ) from exc
+    require("raft")
     t, h, w, _ = frames.shape
     if t < 2:
         return torch.zeros(0, 2, h, w), torch.zeros(0, 2, h, w)  # (0, 2, h, w) each
@@ -201,6 +207,7 @@ class FlowWorker:
     """
 
     def __init__(self, method: str = "dis", device: str = "cpu"):
+        require(method)
         self.method = method
         self.device = device
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsrup-flow")

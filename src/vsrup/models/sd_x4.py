@@ -207,6 +207,8 @@ class DiffusionUpscaler:
 
         self.sample, self.emit = config.sample, emit
         check_sample_config(self.sample)
+        temporal = self.sample.motion_guidance > 0 or bool(self.sample.propagation_steps)
+        self.flows = FlowWorker(self.sample.flow) if temporal else None  # checks --flow before anything loads
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         source = model_source(config.model)
@@ -229,8 +231,6 @@ class DiffusionUpscaler:
         self.job: tuple[int, int, int] | None = None  # (frames, h, w) of the job, from ``expect``
         self.warned = False
         self.retries: dict[tuple[int, int, int], OomRetry] = {}  # (h, w, T) -> the memory plan in force
-        temporal = self.sample.motion_guidance > 0 or bool(self.sample.propagation_steps)
-        self.flows = FlowWorker(self.sample.flow) if temporal else None
         self.pending: dict[tuple[int, ...], Future] = {}  # clip indices -> its flow, being estimated
 
     def prefetch(self, frames: np.ndarray, indices: Sequence[int]) -> None:
