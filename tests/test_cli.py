@@ -80,3 +80,34 @@ def test_missing_input_is_a_data_error_without_traceback(tmp_path):
     assert result.returncode == 65, result.stderr
     assert "missing.mp4" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_download_events_draw_a_byte_bar_then_the_job_bar_returns():
+    import io
+
+    from rich.console import Console
+
+    from vsrup.events import Event
+
+    report = cli.Reporter()
+    report.err = Console(file=io.StringIO(), force_terminal=True, width=100)
+    report(Event("start", path="in.mp4", total=10))
+    report(Event("download", message="repo/unet/diffusion_pytorch_model.safetensors", done=5_000_000, total=10_000_000))
+    assert report.task_name == "repo/unet/diffusion_pytorch_model.safetensors"
+    report(Event("download", message="repo/unet/diffusion_pytorch_model.safetensors", done=10_000_000, total=10_000_000))
+    assert report.task_name == "in.mp4" and report.progress is not None  # the job's bar is back
+    report(Event("progress", path="in.mp4", done=3, total=10))
+    report(Event("done", path="in.mp4", message="out.mp4", done=10))
+    assert report.progress is None
+    assert "diffusion_pytorch_model" in report.err.file.getvalue()
+
+
+def test_hub_progress_class_forwards_bytes_at_most_once_per_percent():
+    from vsrup.models.hub import byte_progress
+
+    events = []
+    bar = byte_progress("repo/vae/model.safetensors", events.append)(total=1000)
+    for _ in range(250):
+        bar.update(4)
+    assert [e.kind for e in events] == ["download"] * len(events) and 50 <= len(events) <= 101
+    assert events[-1].done == events[-1].total == 1000 and events[-1].message == "repo/vae/model.safetensors"

@@ -107,6 +107,8 @@ class Reporter:
         self.err = Console(stderr=True)
         self.progress = None
         self.task = None
+        self.task_name = None
+        self.job: Event | None = None  # the running job's start event
 
     def __call__(self, event: Event) -> None:
         with self.lock:  # decoding and encoding threads report too
@@ -128,11 +130,14 @@ class Reporter:
             self.line(f"vsrup: {event.kind}: {event.path}: {event.message}" if event.path else f"vsrup: {event.message}")
         elif event.kind == "start" and self.err.is_terminal:  # a progress bar only where someone watches
             self.start(event)
+        elif event.kind == "download" and self.err.is_terminal:
+            self.download(event)
         elif event.kind == "progress" and self.progress is not None:
             fps = event.done / max(time.monotonic() - self.started, 1e-9)
             self.progress.update(self.task, completed=event.done, total=event.total, fps=f"{fps:.2f} fps")
         elif event.kind == "done":
             self.stop()
+            self.job = None
             self.line(f"vsrup: wrote {event.message} ({event.done} frames in {event.data.get('seconds', 0):.1f} s)")
 
     def line(self, text: str) -> None:
@@ -155,7 +160,27 @@ class Reporter:
         )
         self.progress.start()
         self.task = self.progress.add_task(Path(event.path).name, total=event.total, fps="")
+        self.task_name = event.path
+        self.job = event
         self.started = time.monotonic()
+
+    def download(self, event: Event) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+        if self.progress is None or self.task_name != event.message:
+            self.stop()
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                TimeRemainingColumn(), console=self.err, transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task(event.message.rsplit("/", 1)[-1], total=event.total)
+            self.task_name = event.message
+        self.progress.update(self.task, completed=event.done, total=event.total)
+        if event.total and event.done >= event.total:
+            self.stop()
+            if self.job is not None:  # back to the job's bar (the model loads after the job starts)
+                self.start(self.job)
 
     def stop(self) -> None:
         if self.progress is not None:

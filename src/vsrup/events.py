@@ -2,7 +2,8 @@
 
 Kinds: ``start`` (a job begins; ``total`` frames if known), ``progress`` (``done`` of ``total``),
 ``info`` (a decision worth telling: model, tile size, deinterlacing), ``warning`` (something was
-changed or dropped), ``done`` (output written), ``skipped`` (``--skip-existing``), ``error``.
+changed or dropped), ``done`` (output written), ``skipped`` (``--skip-existing``), ``error``, and
+``download`` (bytes ``done`` of ``total`` of the model file named in ``message``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # start|progress|info|warning|done|skipped|error
+    kind: str  # start|progress|info|warning|done|skipped|error|download
     path: str = ""  # the input the event is about
     message: str = ""
     done: int = 0  # frames finished so far

@@ -8,9 +8,9 @@ huggingface_hub, which itself honours HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_
 Without a network (or with HF_HUB_OFFLINE=1) a job uses the cached snapshot of the revision, with
 whichever weight variant is cached; without one it fails with a ``ModelError`` that says how to fix it.
 
-Progress: one ``info`` event per file actually fetched (name and size). huggingface_hub's own
-progress bars are silenced where it accepts a ``tqdm_class`` (recent versions), since the library
-never prints; it offers no byte-progress callback other than a tqdm class.
+Progress: one ``info`` event per file actually fetched (name and size), then ``download`` events with
+its bytes, which the CLI draws as a Rich progress bar. huggingface_hub offers byte progress only
+through a ``tqdm_class`` (recent versions); ours draws nothing itself and forwards the counts.
 """
 
 from __future__ import annotations
@@ -125,12 +125,13 @@ def fetch(repo: str, revision: str | None, half: bool, emit: Emit) -> Path:
     wanted, missing = plan_files(sizes, half)
     if missing:
         raise ModelError(f"{at} is not a diffusers x4 upscaler repo: missing {', '.join(missing)}")
-    silent = {"tqdm_class": _Silent} if "tqdm_class" in inspect.signature(hf_hub_download).parameters else {}
+    bars = "tqdm_class" in inspect.signature(hf_hub_download).parameters
     for name in wanted:
         if not isinstance(try_to_load_from_cache(repo, name, revision=info.sha), str):
             emit(Event("info", message=f"downloading {repo}/{name} ({sizes[name] / 1e9:.2f} GB)"))
         try:
-            local = Path(hf_hub_download(repo, name, revision=revision, **silent))
+            progress = {"tqdm_class": byte_progress(f"{repo}/{name}", emit)} if bars else {}
+            local = Path(hf_hub_download(repo, name, revision=revision, **progress))
         except Exception as error:
             if not unreachable(error):
                 raise
@@ -159,9 +160,24 @@ def unreachable(error: Exception) -> bool:
     return bool(names & {"OfflineModeIsEnabled", "ConnectionError", "ConnectError", "TimeoutException", "Timeout"})
 
 
-class _Silent(tqdm):
-    """huggingface_hub's per-file progress bar, never drawn (the library never prints)."""
+def byte_progress(name: str, emit: Emit) -> type:
+    """A tqdm class for huggingface_hub that draws nothing and reports bytes as ``download`` events.
 
-    def __init__(self, *args, **kwargs):
-        kwargs["disable"] = True
-        super().__init__(*args, **kwargs)
+    huggingface_hub offers byte progress only through a tqdm class; events go out at most once per
+    percent, and when the file is complete.
+    """
+
+    class Progress(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True  # the library never prints; the CLI draws the bar
+            super().__init__(*args, **kwargs)
+            self.done, self.sent = 0, -1.0
+
+        def update(self, n=1):
+            self.done += n or 0
+            fraction = self.done / self.total if self.total else 0.0
+            if fraction - self.sent >= 0.01 or fraction >= 1.0:
+                self.sent = fraction
+                emit(Event("download", message=name, done=self.done, total=self.total))
+
+    return Progress
