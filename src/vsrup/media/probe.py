@@ -231,7 +231,7 @@ def _video_info(stream, first: list[av.VideoFrame], variable_rate: bool | None, 
     tb = stream.time_base
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     start = stream.start_time * tb if stream.start_time is not None else None
-    field_order = cc.field_order
+    field_order = getattr(cc, "field_order", 0)  # PyAV >= 18.1; before it, interlace comes from the frames alone
     return VideoInfo(
         index=stream.index,
         codec=cc.name,
