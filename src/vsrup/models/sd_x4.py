@@ -275,7 +275,7 @@ class DiffusionUpscaler:
             images = (images.float() / 2 + 0.5).permute(0, 2, 3, 1)  # (T, 4h, 4w, 3)
             # 5. Colours from the input (low frequencies or statistics), detail from the model.
             if s.color_fix != "none":
-                lr = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(images.device)  # (T, h, w, 3)
+                lr = rgb.permute(0, 2, 3, 1).to(images.device)  # (T, h, w, 3)
                 reference = bicubic_upscale(lr, SCALE * height, SCALE * width)  # (T, 4h, 4w, 3)
                 images = color_fix(images, reference, s.color_fix)  # (T, 4h, 4w, 3)
         return images.clamp(0, 1).cpu().numpy()  # (T, 4h, 4w, 3)
