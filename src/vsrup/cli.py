@@ -218,6 +218,7 @@ SeedOpt = Annotated[int, typer.Option(help="Seed; frame i uses seed + i.", rich_
 TileOpt = Annotated[str, typer.Option(help="Latent tile size: auto (from free memory), 0 (no tiling) or a size in latent pixels.", rich_help_panel=SAMPLER)]
 OverlapOpt = Annotated[int, typer.Option(help="Overlap of neighbouring tiles, latent pixels.", rich_help_panel=SAMPLER)]
 BatchOpt = Annotated[Optional[int], typer.Option(help="Tiles per UNet call (default: from free memory).", rich_help_panel=SAMPLER)]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet and the VAE decoder: the first clip waits while it compiles (minutes); needs a C++ compiler on the CPU.", rich_help_panel=MODEL)]
 ColorOpt = Annotated[str, typer.Option(help=f"Match colours to the input: {', '.join(COLOR_FIXES)}.", rich_help_panel=TEMPORAL)]
 FlowOpt = Annotated[str, typer.Option(help="Optical flow: dis (OpenCV) or raft (needs torchvision).", rich_help_panel=TEMPORAL)]
 MotionOpt = Annotated[float, typer.Option(help="Motion guidance strength 0..1: the fraction of frame-to-frame flicker each guided step removes; 0 disables.", rich_help_panel=TEMPORAL)]
@@ -295,6 +296,7 @@ def upscale(
     tile: TileOpt = "auto",
     tile_overlap: OverlapOpt = S.tile_overlap,
     batch: BatchOpt = None,
+    compile: CompileOpt = False,
     color_fix: ColorOpt = S.color_fix,
     flow: FlowOpt = S.flow,
     motion_guidance: MotionOpt = S.motion_guidance,
@@ -340,6 +342,7 @@ def frames_command(
     tile: TileOpt = "auto",
     tile_overlap: OverlapOpt = S.tile_overlap,
     batch: BatchOpt = None,
+    compile: CompileOpt = False,
     color_fix: ColorOpt = S.color_fix,
     flow: FlowOpt = S.flow,
     motion_guidance: MotionOpt = S.motion_guidance,

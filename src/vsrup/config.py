@@ -48,6 +48,7 @@ class SampleConfig:
     tile: int | None = None  # None = auto from free memory (128, the training size, when it fits); 0 = no tiling
     tile_overlap: int = 32  # 25% of a 128 tile: seams blend out at 1.8x the untiled cost (50% would be 4x)
     batch: int | None = None  # tiles per UNet call; None = from free memory
+    compile: bool = False  # torch.compile the UNet and the VAE decoder; off: the first clip waits minutes for it, and no GPU has measured the gain yet
 
     # Temporal consistency.
     flow: str = "dis"  # dis (OpenCV, no weights) | raft (torchvision, optional)

@@ -197,6 +197,36 @@ def load_networks(folder: Path, device: torch.device, dtype: torch.dtype) -> tup
     return unet.to(device).eval(), vae.to(device).eval(), scheduler_config, low_res_scheduler
 
 
+def prepare_networks(unet, vae, compile_networks: bool) -> None:
+    """In place: channels-last weights on CUDA and the CPU, the convolutions' fast layout there (cuDNN's
+    NHWC kernels; oneDNN's, docs/benchmarks.md), and with ``compile_networks`` torch.compile. Other
+    devices (MPS) keep their default layout, untested.
+
+    Compilation happens on the first call of each input shape. Tiles all have the plan's shape; a
+    call with fewer tiles (a step's last group, a short last clip) recompiles once, after which
+    PyTorch treats the batch size as dynamic.
+    """
+    if unet.device.type in ("cuda", "cpu"):
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+    if compile_networks:
+        unet.compile()
+        vae.decoder.compile()
+
+
+@contextmanager
+def compile_errors() -> Iterator[None]:
+    """A failed torch.compile (no C++ compiler, an unsupported op) becomes one line saying how to go on."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    try:
+        yield
+    except TorchDynamoException as error:
+        cause = getattr(error, "inner_exception", None) or error  # a backend's failure wraps the real one
+        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        raise ModelError(f"--compile failed: {lines[0] if lines else type(error).__name__}; run without --compile") from None
+
+
 class DiffusionUpscaler:
     """The x4 upscaler as an ``Upscaler``: (T, h, w, 3) in [0, 1] -> (T, 4h, 4w, 3), frame i seeded ``seed + i``."""
 
@@ -228,6 +258,10 @@ class DiffusionUpscaler:
             raise ModelError(f"cannot load {source} from {folder}: {first_line}") from None
         if self.unet.config.in_channels != 7 or 2 ** (len(self.vae.config.block_out_channels) - 1) != SCALE:
             raise ModelError(f"{source} is not an x4 upscaler (UNet in_channels 7, VAE factor 4)")
+        # 3. The fast path: channels-last layout, and torch.compile on request (docs/benchmarks.md).
+        prepare_networks(self.unet, self.vae, self.sample.compile)
+        if self.sample.compile:
+            emit(Event("info", message="--compile: the UNet and the VAE decoder compile on their first calls"))
         self.job: tuple[int, int, int] | None = None  # (frames, h, w) of the job, from ``expect``
         self.warned = False
         self.retries: dict[tuple[int, int, int], OomRetry] = {}  # (h, w, T) -> the memory plan in force
@@ -266,7 +300,7 @@ class DiffusionUpscaler:
                 noise_level=s.noise_level, latent_channels=self.unet.config.out_channels, hook=hook,
             )  # (T, 4, h, w)
 
-        with torch.no_grad():
+        with torch.no_grad(), compile_errors():
             # 3. Sample the clip's latents together, in tiles.
             latents = retry.run(sample, "unet")  # (T, 4, h, w)
             # 4. Decode in tiles, [-1, 1] -> [0, 1].
