@@ -122,7 +122,7 @@ class CrossFade:
         self.held: dict[int, np.ndarray] = {}  # index -> the previous clip's output for its tail
 
     def push(self, clip: Clip, outputs: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """Take a clip's outputs (T, H, W, 3); return the (index, frame) pairs that are now final."""
+        """Take a clip's outputs (T, H, W, 3), which it blends in place; return the (index, frame) pairs now final."""
         ready = [(i, self.held.pop(i)) for i in sorted(self.held) if i < clip.start]  # a cut: nothing to blend
         span = max(self.held, default=clip.start - 1) - clip.start + 2  # overlap length + 1
         keep_from = clip.stop - self.overlap
@@ -130,7 +130,10 @@ class CrossFade:
             frame = outputs[k]  # (H, W, 3)
             if index in self.held:
                 w = (index - clip.start + 1) / span
-                frame = (1 - w) * self.held.pop(index) + w * frame
+                held = self.held.pop(index)  # (H, W, 3)
+                frame -= held  # in place, (1 - w) held + w frame: no new 4x-size arrays (docs/benchmarks.md, bench_host)
+                frame *= w
+                frame += held
             if index < keep_from:
                 ready.append((index, frame))
             else:
