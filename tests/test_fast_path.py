@@ -1,7 +1,7 @@
 """The fast path: channels-last networks and ``--compile`` give the frames of the plain networks.
 
 Both change only which kernels run, so the frames may move by float rounding and nothing more. The
-reference is the same upscaler with ``prepare_networks`` skipped (contiguous layout, eager). The
+reference is the same upscaler with its networks as diffusers loads them (contiguous layout, eager). The
 compile test compiles a tiny UNet and VAE decoder with inductor on the CPU (~1 min on 2 cores).
 """
 
@@ -34,7 +34,7 @@ def upscaler(**sample) -> sd.DiffusionUpscaler:
 def plain_frames(monkeypatch, frames) -> np.ndarray:
     """The reference: the same job with the networks as loaded (contiguous, eager)."""
     with monkeypatch.context() as patch:
-        patch.setattr(sd, "prepare_networks", lambda unet, vae, compile_networks: None)
+        patch.setattr(sd, "to_device", lambda network, device: network.to(device).eval())
         model = upscaler()
         assert model.unet.conv_in.weight.is_contiguous()
         return model.upscale(frames, INDICES)  # (T, 4h, 4w, 3)

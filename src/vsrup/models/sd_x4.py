@@ -194,24 +194,28 @@ def load_networks(folder: Path, device: torch.device, dtype: torch.dtype) -> tup
     )
     scheduler_config = DDIMScheduler.load_config(folder, subfolder="scheduler")
     low_res_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="low_res_scheduler")
-    return unet.to(device).eval(), vae.to(device).eval(), scheduler_config, low_res_scheduler
+    return to_device(unet, device), to_device(vae, device), scheduler_config, low_res_scheduler
 
 
-def prepare_networks(unet, vae, compile_networks: bool) -> None:
-    """In place: channels-last weights on CUDA and the CPU, the convolutions' fast layout there (cuDNN's
-    NHWC kernels; oneDNN's, docs/benchmarks.md), and with ``compile_networks`` torch.compile. Other
-    devices (MPS) keep their default layout, untested.
+def to_device(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``network`` on ``device`` for inference, its weights channels-last on CUDA and the CPU.
 
-    Compilation happens on the first call of each input shape. Tiles all have the plan's shape; a
-    call with fewer tiles (a step's last group, a short last clip) recompiles once, after which
-    PyTorch treats the batch size as dynamic.
+    Channels-last (NHWC) is the layout cuDNN's and oneDNN's convolution kernels prefer; on the CPU it
+    measured as fast or faster for both networks (docs/benchmarks.md). MPS keeps the default, untested.
     """
-    if unet.device.type in ("cuda", "cpu"):
-        unet.to(memory_format=torch.channels_last)
-        vae.to(memory_format=torch.channels_last)
-    if compile_networks:
-        unet.compile()
-        vae.decoder.compile()
+    layout = torch.channels_last if device.type in ("cuda", "cpu") else torch.preserve_format
+    return network.to(device, memory_format=layout).eval()
+
+
+def compile_networks(unet, vae) -> None:
+    """``--compile``: torch.compile the UNet and the VAE decoder in place, on their first calls.
+
+    Each input shape compiles once: tiles all have the memory plan's shape, and a call with fewer
+    tiles (a step's last group, a short last clip) recompiles once, after which PyTorch treats the
+    batch size as dynamic.
+    """
+    unet.compile()
+    vae.decoder.compile()
 
 
 @contextmanager
@@ -258,9 +262,8 @@ class DiffusionUpscaler:
             raise ModelError(f"cannot load {source} from {folder}: {first_line}") from None
         if self.unet.config.in_channels != 7 or 2 ** (len(self.vae.config.block_out_channels) - 1) != SCALE:
             raise ModelError(f"{source} is not an x4 upscaler (UNet in_channels 7, VAE factor 4)")
-        # 3. The fast path: channels-last layout, and torch.compile on request (docs/benchmarks.md).
-        prepare_networks(self.unet, self.vae, self.sample.compile)
-        if self.sample.compile:
+        if self.sample.compile:  # 3. Off by default: no faster on the CPU, unmeasured on GPUs (docs/benchmarks.md)
+            compile_networks(self.unet, self.vae)
             emit(Event("info", message="--compile: the UNet and the VAE decoder compile on their first calls"))
         self.job: tuple[int, int, int] | None = None  # (frames, h, w) of the job, from ``expect``
         self.warned = False
