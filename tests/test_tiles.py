@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vsrup.sampling.tiles import DEFAULT_WEIGHTING, WEIGHTINGS, plan, spans, tile_weights, tiled
+from vsrup.sampling.tiles import DEFAULT_WEIGHTING, WEIGHTINGS, plan, profile, spans, tiled
 
 COMBOS = [  # (h, w, tile, overlap): odd sizes, h or w < tile, tile == overlap + 1, no overlap
     (1, 1, 8, 0),
@@ -79,7 +79,7 @@ def test_spans_cover_flush_and_overlap_at_least_asked(h, w, tile, overlap):
 def test_every_pixel_has_positive_weight(h, w, tile, overlap, weighting):
     total = torch.zeros(h, w, dtype=torch.float64)  # (h, w)
     for t in plan(1, h, w, tile, overlap):
-        weight = tile_weights(t, weighting=weighting)  # (th, tw)
+        weight = profile(t.y, weighting=weighting)[:, None] * profile(t.x, weighting=weighting)[None, :]  # (th, tw)
         assert (weight > 0).all()
         total[t.y.start : t.y.end, t.x.start : t.x.end] += weight
     assert total.min() > 0

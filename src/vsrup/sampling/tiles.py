@@ -94,9 +94,9 @@ def plan(batch_size: int, h: int, w: int, tile: int, overlap: int) -> list[Tile]
     return [Tile(b, y, x) for b in range(batch_size) for y in ys for x in xs]
 
 
-def ramp(length: int, weighting: str = DEFAULT_WEIGHTING) -> Tensor:
+def ramp(length: int, weighting: str = DEFAULT_WEIGHTING, device: torch.device | None = None) -> Tensor:
     """Rising blend weights across an overlap of ``length`` pixels, outer edge first; all in (0, 1)."""
-    u = (torch.arange(length, dtype=torch.float64) + 0.5) / length  # (L,)
+    u = (torch.arange(length, dtype=torch.float64, device=device) + 0.5) / length  # (L,)
     if weighting == "cosine":
         v = ((u - COSINE_MARGIN) / (1 - 2 * COSINE_MARGIN)).clamp(0, 1)  # (L,)
         return (torch.sin(v * (math.pi / 2)) ** 2).clamp_min(RAMP_FLOOR)  # (L,)
@@ -105,18 +105,13 @@ def ramp(length: int, weighting: str = DEFAULT_WEIGHTING) -> Tensor:
     raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
 
 
-def profile(span: Span, scale: int = 1, weighting: str = DEFAULT_WEIGHTING) -> Tensor:
+def profile(span: Span, scale: int = 1, weighting: str = DEFAULT_WEIGHTING, device: torch.device | None = None) -> Tensor:
     """1-D weights of a span in output pixels (``scale`` per input pixel): 1 except in its overlaps."""
-    weights = torch.ones(span.size * scale, dtype=torch.float64)  # (s*size,)
+    weights = torch.ones(span.size * scale, dtype=torch.float64, device=device)  # (s*size,)
     lead, trail = span.before * scale, span.after * scale
-    weights[:lead] *= ramp(lead, weighting)
-    weights[weights.numel() - trail :] *= ramp(trail, weighting).flip(0)
+    weights[:lead] *= ramp(lead, weighting, device)
+    weights[weights.numel() - trail :] *= ramp(trail, weighting, device).flip(0)
     return weights
-
-
-def tile_weights(tile: Tile, scale: int = 1, weighting: str = DEFAULT_WEIGHTING) -> Tensor:
-    """2-D blend weights of one tile in output pixels."""
-    return profile(tile.y, scale, weighting)[:, None] * profile(tile.x, scale, weighting)[None, :]  # (s*th, s*tw)
 
 
 def groups(count: int, batch: int) -> list[range]:
@@ -152,14 +147,18 @@ def tiled(
         return torch.cat(outs)  # (B, C_out, s*h, s*w)
 
     tiles = plan(B, h, w, tile, overlap)
+    per_sample = len(tiles) // B  # tiles are sample-major
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     layout = torch.channels_last if channels_last else torch.contiguous_format  # tiles keep x's layout (and kernels)
+    # Weights and rows are made on x's device: a blocking copy from the CPU inside this loop would make
+    # the host wait for the GPU to finish every queued call (PyTorch synchronises the stream after it).
+    profiles = {span: profile(span, scale, weighting, x.device) for t in tiles[:per_sample] for span in (t.y, t.x)}
     out = total = None
     for group in groups(len(tiles), batch):
         members = [tiles[k] for k in group]
         inputs = torch.stack([x[t.row, :, t.y.start : t.y.end, t.x.start : t.x.end] for t in members])  # (N, C, th, tw)
         inputs = inputs.contiguous(memory_format=layout)  # (N, C, th, tw)
-        rows = torch.tensor([t.row for t in members], dtype=torch.long, device=x.device)  # (N,)
+        rows = torch.arange(group.start, group.stop, device=x.device) // per_sample  # (N,) t.row of each member
         preds = fn(inputs, rows)  # (N, C_out, s*th, s*tw)
         expected = (len(members), scale * inputs.shape[2], scale * inputs.shape[3])
         if (preds.shape[0], *preds.shape[2:]) != expected:
@@ -169,7 +168,7 @@ def tiled(
             out = torch.zeros(B, preds.shape[1], scale * h, scale * w, dtype=acc, device=x.device)  # (B, C_out, s*h, s*w)
             total = torch.zeros(scale * h, scale * w, dtype=acc, device=x.device)  # (s*h, s*w)
         for t, pred in zip(members, preds):
-            weight = tile_weights(t, scale, weighting).to(out)  # (s*th, s*tw)
+            weight = (profiles[t.y][:, None] * profiles[t.x][None, :]).to(out.dtype)  # (s*th, s*tw) the tile's 2-D weights
             ys, xs = slice(scale * t.y.start, scale * t.y.end), slice(scale * t.x.start, scale * t.x.end)
             out[t.row, :, ys, xs] += weight * pred  # (C_out, s*th, s*tw)
             if t.row == 0:
