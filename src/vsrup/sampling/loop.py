@@ -162,12 +162,14 @@ def sample_clip(
     # 5. Ancestral schedulers (DDPM, Euler) draw step noise from the frames' generators too.
     step_kwargs = {"generator": list(generators)} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
-    # 6. Denoising loop.
+    # 6. Denoising loop. The hook's alphas live on the device: indexing them with the device timestep
+    # does not make the host wait for the step's model calls.
+    alphas = scheduler.alphas_cumprod.to(device, torch.float32) if hook is not None else None  # (1000,)
     for i, t in enumerate(scheduler.timesteps):
         model_in = scheduler.scale_model_input(latents, t)  # (T, 4, h, w)
         model_output = predict(denoiser, model_in, image, t, cond, class_labels, guidance)  # (T, 4, h, w)
         if hook is not None:  # motion guidance / latent propagation act here
-            alpha_prod = scheduler.alphas_cumprod[int(t)].to(device)  # 0-dim
+            alpha_prod = alphas[t.long()]  # 0-dim
             input_scale = scheduler.scale_model_input(torch.ones((), device=device), t)  # 0-dim
             step = hook(Step(i, t, alpha_prod, latents, model_output, input_scale))
             latents, model_output = step.latents, step.model_output
