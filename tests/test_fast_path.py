@@ -50,6 +50,15 @@ def test_networks_run_channels_last_and_give_the_same_frames(tiny_sd_x4_cache, m
     assert np.abs(fast - upscaler(seed=4).upscale(frames, INDICES)).max() > 0.1  # the comparison can fail
 
 
+def test_attention_runs_through_pytorch_sdpa(tiny_sd_x4_cache):
+    """diffusers' AttnProcessor2_0 is the processor that calls F.scaled_dot_product_attention."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    model = upscaler()
+    processors = [*model.unet.attn_processors.values(), *model.vae.attn_processors.values()]
+    assert processors and all(type(p) is AttnProcessor2_0 for p in processors)
+
+
 @pytest.mark.slow
 def test_compile_gives_the_same_frames(tiny_sd_x4_cache, monkeypatch, frames):
     torch._dynamo.reset()
