@@ -5,7 +5,8 @@
 #   DEVICE=cpu SIZE=32x32 FRAMES=4 STEPS=2 benchmarks/gpu_matrix.sh /tmp/dry   # a dry run of the same commands
 #
 # Runs, in this order (cheapest first, so a cut-off run still leaves the rows that matter):
-#   networks.json          bench_networks: UNet and VAE tile, contiguous vs channels-last, compiled
+#   networks.json          bench_networks: UNet (16 tiles) and VAE tile, contiguous vs channels-last, compiled
+#   networks_b64.json      the same at 64 tiles per call: does memory.MAX_BATCH = 16 lose throughput?
 #   pipeline.json          bench_pipeline at SIZE, default tiles (the target row)
 #   pipeline_untiled.json  the same, --tile 0 (the floor without tile overlap)
 #   pipeline_compile.json  the same as pipeline.json with --compile (a warm-up run compiles)
@@ -34,7 +35,8 @@ run() {  # NAME COMMAND...: keep going when one run fails, and say so
 }
 
 common=(--device "$device" --size "$size" --frames "$frames" --steps "$steps" --guidance 1 --json)
-run networks python3 "$here/bench_networks.py" --device "$device" --tile "$tile" --compile --json
+run networks python3 "$here/bench_networks.py" --device "$device" --tile "$tile" --batch 16 --compile --json
+run networks_b64 python3 "$here/bench_networks.py" --device "$device" --tile "$tile" --batch 64 --json
 run pipeline python3 "$here/bench_pipeline.py" "${common[@]}"
 run pipeline_untiled python3 "$here/bench_pipeline.py" "${common[@]}" --tile 0
 run pipeline_compile python3 "$here/bench_pipeline.py" "${common[@]}" --compile

@@ -25,9 +25,9 @@ def test_free_memory_on_cpu_is_positive():
 def test_plenty_of_memory_gives_the_training_tile_and_every_tile_in_one_call():
     plan = plan_memory(80 * GIB, 270, 480, samples=16, tile=None, overlap=32, batch=None, dtype_bytes=2)
     assert (plan.tile, plan.overlap) == (128, 32)
-    assert plan.batch == memory.MAX_BATCH  # 16 samples x 15 tiles > 64
-    small = plan_memory(80 * GIB, 270, 480, samples=2, tile=None, overlap=32, batch=None, dtype_bytes=2)
-    assert small.batch == 2 * 15
+    assert plan.batch == memory.MAX_BATCH  # 16 samples x 15 tiles > 16
+    small = plan_memory(80 * GIB, 270, 480, samples=1, tile=None, overlap=32, batch=None, dtype_bytes=2)
+    assert small.batch == 15  # a step's 15 tiles, in one call
 
 
 def test_little_memory_gives_a_smaller_tile_and_batch():
