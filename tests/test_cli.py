@@ -59,13 +59,14 @@ def test_options_build_the_config_and_call_one_function(monkeypatch, tmp_path):
     result = runner.invoke(
         cli.app,
         ["upscale", "a.mp4", "b.mp4", "out", "-s", "2", "-m", "lanczos", "--frames", "3:", "--tile", "0", "--crf", "18",
-         "--guidance-window", "0.1:0.5", "--propagation-steps", "24,26", "--steps", "7", "--color-fix", "none", "--format", "mkv"],
+         "--guidance-window", "0.1:0.5", "--propagation-steps", "24,26", "--steps", "7", "--color-fix", "none", "--format", "mkv",
+         "--compile"],
     )
     assert result.exit_code == 0, result.output
     config = seen["config"]
     assert seen["inputs"] == [Path("a.mp4"), Path("b.mp4")] and seen["output"] == Path("out") and seen["fmt"] == "mkv"
     assert config.scale == 2 and config.model == "lanczos" and config.frames == (3, None) and config.encode.crf == 18
-    assert config.sample == SampleConfig(tile=0, guidance_window=(0.1, 0.5), propagation_steps=(24, 26), steps=7, color_fix="none")
+    assert config.sample == SampleConfig(tile=0, guidance_window=(0.1, 0.5), propagation_steps=(24, 26), steps=7, color_fix="none", compile=True)
 
 
 def test_defaults_of_the_cli_are_the_config_defaults(monkeypatch):
