@@ -323,6 +323,19 @@ def mkv_start_offset(directory: Path) -> Path:
     )
 
 
+MASTERING_DISPLAY = (34000, 16000, 13250, 34500, 7500, 3000, 15635, 16450, 10000000, 1)  # P3-D65, 1000 / 0.0001 cd/m2
+CONTENT_LIGHT = (1000, 400)  # MaxCLL, MaxFALL
+
+
+def hevc_hdr10_mastering(directory: Path) -> Path:
+    """HEVC Main 10 HDR10 in Matroska with static metadata SEI: MASTERING_DISPLAY and CONTENT_LIGHT above."""
+    r, g, b, white = (MASTERING_DISPLAY[i : i + 2] for i in range(0, 8, 2))
+    display = f"G({g[0]},{g[1]})B({b[0]},{b[1]})R({r[0]},{r[1]})WP({white[0]},{white[1]})L({MASTERING_DISPLAY[8]},{MASTERING_DISPLAY[9]})"
+    params = f"log-level=error:master-display={display}:max-cll={CONTENT_LIGHT[0]},{CONTENT_LIGHT[1]}"
+    return make_video(Path(directory) / "hdr10_mastering.mkv", codec="libx265", pix_fmt="yuv420p10le", color=(9, 16, 9, 1),
+                      frames=4, options={"x265-params": params})
+
+
 def hevc_10bit_hdr(directory: Path) -> Path:
     """HEVC Main 10 (yuv420p10le) in MP4 tagged HDR10: BT.2020 primaries, PQ, BT.2020 matrix, limited range."""
     return make_video(Path(directory) / "hdr10.mp4", codec="libx265", pix_fmt="yuv420p10le", color=(9, 16, 9, 1))

@@ -157,6 +157,25 @@ def test_ten_bit_hdr_stays_ten_bit_hdr(tmp_path):
     assert (o.color_primaries, o.color_trc, o.colorspace, o.color_range) == (9, 16, 9, 1)
 
 
+@pytest.mark.parametrize("codec, suffix", [(None, ".mkv"), (None, ".webm"), ("libx264", ".mkv")])
+def test_hdr10_mastering_display_and_light_levels_are_kept(tmp_path, codec, suffix):
+    src = mf.hevc_hdr10_mastering(tmp_path)  # default encoders: libx265 (10-bit), libsvtav1 (10-bit WebM)
+    info = probe(src)
+    assert (info.video.mastering_display, info.video.content_light) == (mf.MASTERING_DISPLAY, mf.CONTENT_LIGHT)
+    preset = None if suffix == ".webm" else "ultrafast"  # SVT-AV1 has no x26x presets (and says so)
+    config = EncodeConfig(preset=preset, codec=codec, pix_fmt="yuv420p10le" if codec else None)
+    _, result, _, _, events = roundtrip(src, tmp_path / f"o.partial{suffix}", config=config)
+    assert (result.video.mastering_display, result.video.content_light) == (mf.MASTERING_DISPLAY, mf.CONTENT_LIGHT)
+    assert warnings(events) == []
+
+
+def test_hdr10_metadata_an_encoder_cannot_carry_is_dropped_with_a_warning(tmp_path):
+    src = mf.hevc_hdr10_mastering(tmp_path)
+    _, result, _, _, events = roundtrip(src, tmp_path / "o.partial.webm", config=EncodeConfig(codec="libvpx-vp9"))
+    assert result.video.mastering_display is None
+    assert any("cannot carry the input's HDR10 mastering display" in w for w in warnings(events))
+
+
 def test_odd_output_size_is_exact_and_said(tmp_path):
     src = mf.make_video(tmp_path / "odd420.mp4", size=(32, 24), frames=5)  # 4:2:0 input, x3 -> 96x72 even
     _, result, *_ , events = roundtrip(src, tmp_path / "even.partial.mp4", scale=3)

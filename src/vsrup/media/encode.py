@@ -162,10 +162,14 @@ class VideoWriter:
                 options["deadline"] = "realtime" if speed < 3 else "good"
             else:
                 self.emit(Event("warning", path=str(self.info.path), message=f"{codec} has no presets; --preset ignored"))
-        if codec == "libx265":
-            options["x265-params"] = "log-level=error"  # x265 prints to stderr itself otherwise
+        hdr = hdr_params(codec, video)
+        params = (["log-level=error"] if codec == "libx265" else []) + hdr  # x265 prints to stderr itself otherwise
+        if params:
+            options[f"{codec.removeprefix('lib')}-params"] = ":".join(params)  # x264-params, x265-params, svtav1-params
         if codec == "libsvtav1":
             os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 logs to stderr itself (read at encoder init); 1 = errors
+        if (video.mastering_display or video.content_light) and not hdr:
+            self.emit(Event("warning", path=str(self.info.path), message=f"{codec} cannot carry the input's HDR10 mastering display and light levels; they are dropped (libx264, libx265 and libsvtav1 keep them)"))
         try:
             stream = self._output.add_stream(codec, rate=video.rate or None, options=options)
         except ValueError as e:
@@ -370,6 +374,38 @@ def _output_errors(path: Path):
 
 
 # --- RGB -> Y'CbCr -------------------------------------------------------------------------------
+
+
+HDR_KEYS = {  # encoder -> its parameter names for mastering display and light level, and whether it takes decimals
+    "libx264": ("mastering-display", "cll", False),
+    "libx265": ("master-display", "max-cll", False),
+    "libsvtav1": ("mastering-display", "content-light", True),
+}
+
+
+def hdr_params(codec: str, video: VideoInfo) -> list[str]:
+    """The input's HDR10 static metadata as ``key=value`` parameters of ``codec``; [] when none or not supported.
+
+    x264 and x265 take chromaticities in 1/50000 and luminance in 1/10000 cd/m2, as probed; SVT-AV1
+    takes the same values as decimals. All order the primaries G, B, R.
+    """
+    if codec not in HDR_KEYS:
+        return []
+    display_key, light_key, decimal = HDR_KEYS[codec]
+    params = []
+    if video.mastering_display:
+        r, g, b, white = (video.mastering_display[i : i + 2] for i in range(0, 8, 2))
+        high, low = video.mastering_display[8:]
+        if decimal:
+            xy = lambda p: f"{p[0] / 50000:.5f},{p[1] / 50000:.5f}"  # noqa: E731
+            luminance = f"{high / 10000:.4f},{low / 10000:.4f}"
+        else:
+            xy = lambda p: f"{p[0]},{p[1]}"  # noqa: E731
+            luminance = f"{high},{low}"
+        params.append(f"{display_key}=G({xy(g)})B({xy(b)})R({xy(r)})WP({xy(white)})L({luminance})")
+    if video.content_light:
+        params.append(f"{light_key}={video.content_light[0]},{video.content_light[1]}")
+    return params
 
 
 def from_rgb(image: np.ndarray, pix_fmt: str, video: VideoInfo) -> av.VideoFrame:

@@ -8,6 +8,7 @@ on decoded frames, not in the header).
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -62,6 +63,8 @@ class VideoInfo:
     chroma_subsampling: tuple[int, int] = (1, 1)  # log2 (horizontal, vertical); (0, 0) for 4:4:4 and RGB
     is_rgb: bool = False  # planar or packed RGB (no Y'CbCr matrix)
     field_order: int = 0  # FFmpeg AVFieldOrder: 0 unknown, 1 progressive, 2+ interlaced orders
+    mastering_display: tuple[int, ...] | None = None  # HDR10: R, G, B, white (x, y) in 1/50000; max, min luminance in 1/10000 cd/m2
+    content_light: tuple[int, int] | None = None  # HDR10: MaxCLL, MaxFALL in cd/m2
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -255,7 +258,36 @@ def _video_info(stream, first: list[av.VideoFrame], variable_rate: bool | None, 
         chroma_subsampling=_subsampling(fmt),
         is_rgb=fmt.is_rgb or fmt.has_palette,
         field_order=field_order,
+        mastering_display=_mastering_display(frame),
+        content_light=_content_light(frame),
     )
+
+
+def _side_data(frame: av.VideoFrame, kind: str) -> bytes | None:
+    return next((bytes(sd) for sd in frame.side_data if sd.type.name == kind), None)
+
+
+def _mastering_display(frame: av.VideoFrame) -> tuple[int, ...] | None:
+    """The frame's AVMasteringDisplayMetadata, when it has both primaries and luminance.
+
+    Layout: display_primaries[3][2] (R, G, B; x then y) and white_point[2], then min and max
+    luminance, all AVRational (int32 num, den); then the has_primaries and has_luminance flags.
+    """
+    data = _side_data(frame, "MASTERING_DISPLAY_METADATA")
+    if data is None or len(data) < 88:
+        return None
+    values = struct.unpack_from("<22i", data)
+    if not (values[20] and values[21]) or any(den == 0 for den in values[1:20:2]):
+        return None
+    ratio = [Fraction(num, den) for num, den in zip(values[0:20:2], values[1:20:2])]  # 8 chromaticities, min, max
+    chroma = tuple(round(r * 50000) for r in ratio[:8])
+    return (*chroma, round(ratio[9] * 10000), round(ratio[8] * 10000))
+
+
+def _content_light(frame: av.VideoFrame) -> tuple[int, int] | None:
+    """The frame's AVContentLightMetadata: (MaxCLL, MaxFALL), two unsigned ints."""
+    data = _side_data(frame, "CONTENT_LIGHT_LEVEL")
+    return struct.unpack_from("<2I", data) if data is not None and len(data) >= 8 else None
 
 
 def _sar(stream) -> Fraction | None:
