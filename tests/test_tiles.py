@@ -198,3 +198,26 @@ def test_rejects_bad_arguments():
         tiled(lambda t, r: t, x, tile=8, overlap=2, batch=0)
     with pytest.raises(ValueError):
         tiled(lambda t, r: t[..., :-1], x, tile=8, overlap=2, batch=1)
+
+
+def test_tiling_never_copies_from_the_host(monkeypatch):
+    """On a GPU a blocking copy from the host synchronises the stream, so the host would wait for every
+    queued tile; weights and rows must be made on x's device. The meta device stands in for a GPU:
+    any CPU tensor moved to it, or built for it from Python data, fails the test."""
+    to = torch.Tensor.to
+
+    def guarded_to(self, *args, **kwargs):
+        moved = to(self, *args, **kwargs)
+        assert not (self.device.type == "cpu" and moved.device.type == "meta"), "a host-to-device copy"
+        return moved
+
+    def guarded_tensor(data, *args, device=None, **kwargs):
+        raise AssertionError(f"torch.tensor({data!r}, device={device}) copies from the host")
+
+    monkeypatch.setattr(torch.Tensor, "to", guarded_to)
+    monkeypatch.setattr(torch, "tensor", guarded_tensor)
+    x = torch.empty(2, 7, 40, 56, device="meta")  # (B, 7, h, w)
+    for scale in (1, 4):
+        out = tiled(lambda tiles, rows: tiles[:, :4].repeat_interleave(scale, 2).repeat_interleave(scale, 3) * rows.view(-1, 1, 1, 1),
+                    x, tile=16, overlap=4, batch=3, scale=scale)
+        assert out.shape == (2, 4, 40 * scale, 56 * scale) and out.device.type == "meta"
