@@ -22,7 +22,8 @@ class Upscaler(Protocol):
         """(T, h, w, 3) float32 in [0, 1] -> (T, h*scale, w*scale, 3) float32.
 
         ``indices`` are the frames' 0-based positions in the input; they seed the noise, so a
-        frame's result does not depend on which clip or run it was sampled in.
+        frame's result does not depend on which clip or run it was sampled in. The returned array
+        is the caller's: the cross-fade blends into it in place.
         """
         ...
 
