@@ -94,9 +94,9 @@ def plan(batch_size: int, h: int, w: int, tile: int, overlap: int) -> list[Tile]
     return [Tile(b, y, x) for b in range(batch_size) for y in ys for x in xs]
 
 
-def ramp(length: int, weighting: str = DEFAULT_WEIGHTING, device: torch.device | None = None) -> Tensor:
+def ramp(length: int, weighting: str = DEFAULT_WEIGHTING, device: torch.device | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
     """Rising blend weights across an overlap of ``length`` pixels, outer edge first; all in (0, 1)."""
-    u = (torch.arange(length, dtype=torch.float64, device=device) + 0.5) / length  # (L,)
+    u = (torch.arange(length, dtype=dtype, device=device) + 0.5) / length  # (L,)
     if weighting == "cosine":
         v = ((u - COSINE_MARGIN) / (1 - 2 * COSINE_MARGIN)).clamp(0, 1)  # (L,)
         return (torch.sin(v * (math.pi / 2)) ** 2).clamp_min(RAMP_FLOOR)  # (L,)
@@ -105,12 +105,14 @@ def ramp(length: int, weighting: str = DEFAULT_WEIGHTING, device: torch.device |
     raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
 
 
-def profile(span: Span, scale: int = 1, weighting: str = DEFAULT_WEIGHTING, device: torch.device | None = None) -> Tensor:
+def profile(
+    span: Span, scale: int = 1, weighting: str = DEFAULT_WEIGHTING, device: torch.device | None = None, dtype: torch.dtype = torch.float64
+) -> Tensor:
     """1-D weights of a span in output pixels (``scale`` per input pixel): 1 except in its overlaps."""
-    weights = torch.ones(span.size * scale, dtype=torch.float64, device=device)  # (s*size,)
+    weights = torch.ones(span.size * scale, dtype=dtype, device=device)  # (s*size,)
     lead, trail = span.before * scale, span.after * scale
-    weights[:lead] *= ramp(lead, weighting, device)
-    weights[weights.numel() - trail :] *= ramp(trail, weighting, device).flip(0)
+    weights[:lead] *= ramp(lead, weighting, device, dtype)
+    weights[weights.numel() - trail :] *= ramp(trail, weighting, device, dtype).flip(0)
     return weights
 
 
@@ -150,10 +152,7 @@ def tiled(
     per_sample = len(tiles) // B  # tiles are sample-major
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     layout = torch.channels_last if channels_last else torch.contiguous_format  # tiles keep x's layout (and kernels)
-    # Weights and rows are made on x's device: a blocking copy from the CPU inside this loop would make
-    # the host wait for the GPU to finish every queued call (PyTorch synchronises the stream after it).
-    profiles = {span: profile(span, scale, weighting, x.device) for t in tiles[:per_sample] for span in (t.y, t.x)}
-    out = total = None
+    out = total = profiles = None
     for group in groups(len(tiles), batch):
         members = [tiles[k] for k in group]
         inputs = torch.stack([x[t.row, :, t.y.start : t.y.end, t.x.start : t.x.end] for t in members])  # (N, C, th, tw)
@@ -167,8 +166,12 @@ def tiled(
             acc = torch.promote_types(preds.dtype, torch.float32)
             out = torch.zeros(B, preds.shape[1], scale * h, scale * w, dtype=acc, device=x.device)  # (B, C_out, s*h, s*w)
             total = torch.zeros(scale * h, scale * w, dtype=acc, device=x.device)  # (s*h, s*w)
+            # Weights (and rows, above) are made on x's device: a blocking copy from the CPU in this loop would
+            # make the host wait for the GPU to finish every queued call (PyTorch synchronises the stream after
+            # one). In the accumulator's dtype: MPS has no float64.
+            profiles = {span: profile(span, scale, weighting, x.device, acc) for t in tiles[:per_sample] for span in (t.y, t.x)}
         for t, pred in zip(members, preds):
-            weight = (profiles[t.y][:, None] * profiles[t.x][None, :]).to(out.dtype)  # (s*th, s*tw) the tile's 2-D weights
+            weight = profiles[t.y][:, None] * profiles[t.x][None, :]  # (s*th, s*tw) the tile's 2-D weights
             ys, xs = slice(scale * t.y.start, scale * t.y.end), slice(scale * t.x.start, scale * t.x.end)
             out[t.row, :, ys, xs] += weight * pred  # (C_out, s*th, s*tw)
             if t.row == 0:
