@@ -262,7 +262,8 @@ class DiffusionUpscaler:
             raise ModelError(f"cannot load {source} from {folder}: {first_line}") from None
         if self.unet.config.in_channels != 7 or 2 ** (len(self.vae.config.block_out_channels) - 1) != SCALE:
             raise ModelError(f"{source} is not an x4 upscaler (UNet in_channels 7, VAE factor 4)")
-        if self.sample.compile:  # 3. Off by default: no faster on the CPU, unmeasured on GPUs (docs/benchmarks.md)
+        # 3. --compile, off by default: no faster on the CPU, unmeasured on GPUs (docs/benchmarks.md).
+        if self.sample.compile:
             compile_networks(self.unet, self.vae)
             emit(Event("info", message="--compile: the UNet and the VAE decoder compile on their first calls"))
         self.job: tuple[int, int, int] | None = None  # (frames, h, w) of the job, from ``expect``
