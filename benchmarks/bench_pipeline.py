@@ -84,6 +84,8 @@ class Stages:
         self.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         self.flow_busy = 0.0
         self.lock = threading.Lock()
+        self.first_start: dict[str, float] = {}  # stage -> perf_counter at its first entry
+        self.last_end: dict[str, float] = {}  # stage -> perf_counter at its last exit
 
     def active(self, name: str) -> bool:
         return any(frame[0] == name for frame in self.stack)
@@ -96,13 +98,15 @@ class Stages:
         if gpu:
             self.sync()
         start = time.perf_counter()
+        self.first_start.setdefault(name, start)
         self.stack.append([name, 0.0])
         try:
             yield
         finally:
             if gpu:
                 self.sync()
-            elapsed = time.perf_counter() - start
+            self.last_end[name] = time.perf_counter()
+            elapsed = self.last_end[name] - start
             _, nested = self.stack.pop()
             self.seconds[name] += elapsed - nested
             self.calls[name] += 1
@@ -530,7 +534,7 @@ def main(argv=None) -> dict:
             failed = [r for r in results if r.status != "done"]
             if failed:
                 raise SystemExit(f"the pipeline failed: {failed[0].error}")
-            return wall, results[0].frames, stages, record
+            return wall, results[0].frames, stages, record, start
 
         for _ in range(warmup):
             run([])
@@ -538,7 +542,7 @@ def main(argv=None) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         rss_reset = _reset_peak_rss()
         events: list = []
-        wall, frames, stages, record = run(events)
+        wall, frames, stages, record, run_start = run(events)
         peak_rss = _status_bytes("VmHWM") if rss_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         peak_mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss
 
@@ -554,6 +558,11 @@ def main(argv=None) -> dict:
     seconds = {name: stages.seconds.get(name, 0.0) for name in STAGES if name != "idle"}
     seconds["idle"] = wall - sum(seconds.values())
     compute = sum(seconds[name] for name in COMPUTE)
+    # Per-video fixed costs vs per-frame overhead: the steady window runs from the first UNet call to the last
+    # VAE call; before it, probe, output set-up, model set-up, prompts, the first clip's decode and flow; after
+    # it, the last clip's colour fix, cross-fade and the encoder's drain and close.
+    steady_start, steady_end = stages.first_start["unet"], stages.last_end["vae"]
+    steady_compute = seconds["unet"] + seconds["vae"]
     total_flops = unet_flops + vae_flops + text_flops
 
     def rate(flops, s):
@@ -568,6 +577,9 @@ def main(argv=None) -> dict:
         "stage_calls": dict(stages.calls),
         "flow_worker_busy_s": round(stages.flow_busy, 4),
         "overhead_fraction": 1 - compute / wall,
+        "startup_s": steady_start - run_start,
+        "drain_s": run_start + wall - steady_end,
+        "steady_overhead_fraction": 1 - steady_compute / (steady_end - steady_start),
         "unet_tflops": rate(unet_flops, seconds["unet"]),
         "vae_tflops": rate(vae_flops, seconds["vae"]),
         "text_encoder_tflops": rate(text_flops, seconds["text_encoder"]),
@@ -598,7 +610,8 @@ def main(argv=None) -> dict:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['s_per_frame']:.3f} s/frame ({frames} frames in {wall:.2f} s), overhead fraction {result['overhead_fraction']:.3f}")
+        print(f"{result['s_per_frame']:.3f} s/frame ({frames} frames in {wall:.2f} s), overhead fraction {result['overhead_fraction']:.3f} "
+              f"({result['startup_s']:.2f} s startup, steady {result['steady_overhead_fraction']:.3f}, {result['drain_s']:.2f} s drain)")
         for name, s in seconds.items():
             print(f"  {name:<13}{s:9.3f} s  {100 * s / wall:5.1f}%")
         print(f"  flow worker busy {stages.flow_busy:.3f} s (off the main thread)")

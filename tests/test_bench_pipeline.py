@@ -33,6 +33,8 @@ def test_bench_pipeline_json(capsys, one_torch_thread):
     assert 0 < measured <= printed["wall_s"] + 1e-6  # the main thread's stages never exceed the wall time
     assert stages["unet"] > 0 and stages["vae"] > 0 and stages["text_encoder"] > 0
     assert 0 <= printed["overhead_fraction"] < 1
+    assert 0 <= printed["steady_overhead_fraction"] < 1 and printed["startup_s"] > 0 and printed["drain_s"] > 0
+    assert printed["startup_s"] + printed["drain_s"] < printed["wall_s"]
     # one step, no CFG, 2 frames of 16x16 in one tile per call: the FLOPs are of exactly those calls
     assert printed["unet_calls"] == {"(2, 7, 16, 16)": 1}
     assert printed["unet_tflops"] > 0 and printed["vae_tflops"] > 0
