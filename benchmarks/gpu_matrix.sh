@@ -5,6 +5,7 @@
 #   DEVICE=cpu SIZE=32x32 FRAMES=4 STEPS=2 benchmarks/gpu_matrix.sh /tmp/dry   # a dry run of the same commands
 #
 # Runs, in this order (cheapest first, so a cut-off run still leaves the rows that matter):
+#   device_check.json      device_check: the whole job with a tiny model on DEVICE vs the CPU (does the device path run?)
 #   networks.json          bench_networks: UNet (16 tiles) and VAE tile, contiguous vs channels-last, compiled
 #   networks_b64.json      the same at 64 tiles per call: does memory.MAX_BATCH = 16 lose throughput?
 #   pipeline.json          bench_pipeline at SIZE, default tiles (the target row)
@@ -34,6 +35,7 @@ run() {  # NAME COMMAND...: keep going when one run fails, and say so
     fi
 }
 
+run device_check python3 "$here/device_check.py" --device "$device" --json
 common=(--device "$device" --size "$size" --frames "$frames" --steps "$steps" --guidance 1 --json)
 run networks python3 "$here/bench_networks.py" --device "$device" --tile "$tile" --batch 16 --compile --json
 run networks_b64 python3 "$here/bench_networks.py" --device "$device" --tile "$tile" --batch 64 --json

@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/bench_host.py and benchmarks/bench_networks.py at their smallest sizes.
+"""Smoke tests of benchmarks/bench_host.py, bench_networks.py and device_check.py at their smallest sizes.
 
 They check that the scripts run and report what docs/benchmarks.md reads from them, with numbers
 that hold together; the measurements themselves belong in the docs, not in assertions.
@@ -45,3 +45,12 @@ def test_bench_networks_times_every_variant(capsys, one_torch_thread):
         assert row["best_s"] > 0 and row["flops"] > 0 and row["tflops"] == pytest.approx(row["flops"] / row["best_s"] / 1e12)
         assert row["max_abs_diff"] < 1e-3  # the layouts agree
     assert printed["matmul_tflops"] > 0 and printed["conv_tflops"] > 0
+
+
+def test_device_check_of_the_cpu_against_itself_is_exact(capsys):
+    result = load_script("device_check").main(["--device", "cpu", "--json"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == result
+    assert printed["frames"] == 12 and printed["size"] == [128, 192]  # 12 frames of 48x32, x4
+    assert printed["max_abs_levels"] == 0  # two separate jobs, same device and dtype: bit for bit
+    assert "on cpu in float32" in printed["model_line"]
