@@ -12,7 +12,8 @@
 #   pipeline_untiled.json  the same, --tile 0 (the floor without tile overlap)
 #   pipeline_compile.json  the same as pipeline.json with --compile (a warm-up run compiles)
 #   host.json              bench_host at SIZE with the accelerator time measured in pipeline.json
-# Each run's stderr goes to NAME.err beside it.
+# Each run's stderr goes to NAME.err beside it. Needs the project's dependencies importable (on the
+# workplace's lent GPU machines diffusers and av are missing: carry them as wheels first).
 set -uo pipefail
 
 out=${1:?usage: gpu_matrix.sh OUTDIR}
@@ -24,6 +25,7 @@ tile=${TILE:-128}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$here/../src${PYTHONPATH:+:$PYTHONPATH}"  # vsrup from this checkout, installed or not
 
 run() {  # NAME COMMAND...: keep going when one run fails, and say so
     local name=$1
