@@ -60,6 +60,24 @@ def test_ten_bit_hdr(tmp_path):
     assert (v.color_primaries, v.color_trc, v.colorspace, v.color_range) == (9, 16, 9, 1)
 
 
+def test_hdr10_static_metadata(tmp_path):
+    video = probe(mf.hevc_hdr10_mastering(tmp_path)).video
+    assert (video.mastering_display, video.content_light) == (mf.MASTERING_DISPLAY, mf.CONTENT_LIGHT)
+    assert probe(mf.hevc_10bit_hdr(tmp_path)).video.mastering_display is None  # tags alone are not metadata
+
+
+def test_side_data_pyav_cannot_name_means_no_metadata_not_a_crash():
+    from vsrup.media.probe import _content_light, _mastering_display
+
+    class FrameWithNewerSideData:  # PyAV builds every entry's Type on access and raises for one it lacks
+        @property
+        def side_data(self):
+            raise ValueError("30 is not a valid Type")
+
+    frame = FrameWithNewerSideData()
+    assert _mastering_display(frame) is None and _content_light(frame) is None
+
+
 def test_interlaced_and_matroska_duration(tmp_path):
     v = probe(mf.interlaced_mpeg2(tmp_path)).video
     assert v.interlaced is True and v.frames is None  # Matroska does not count frames

@@ -264,7 +264,12 @@ def _video_info(stream, first: list[av.VideoFrame], variable_rate: bool | None, 
 
 
 def _side_data(frame: av.VideoFrame, kind: str) -> bytes | None:
-    return next((bytes(sd) for sd in frame.side_data if sd.type.name == kind), None)
+    """The bytes of the frame's side data of type ``kind`` (a PyAV ``sidedata.Type`` name), if any."""
+    try:
+        entries = list(frame.side_data)
+    except ValueError:  # a side data type newer than PyAV's enum (FFmpeg 8 has some): PyAV lists none at all
+        return None
+    return next((bytes(sd) for sd in entries if sd.type.name == kind), None)
 
 
 def _mastering_display(frame: av.VideoFrame) -> tuple[int, ...] | None:
