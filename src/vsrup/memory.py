@@ -34,7 +34,7 @@ SAFETY = 0.8  # fraction of free memory a plan may use: allocator fragmentation,
 RESERVE = 512 * 2**20  # bytes kept free besides: the frame buffers, CUDA context growth
 TILES = (128, 96, 64, 48, 32)  # auto tile candidates, latent px; 128 is the training size
 TILE_FLOOR = 32  # the OOM policy stops here
-MAX_BATCH = 16  # tiles per UNet call: 16 of 128^2 are ~18 TFLOP, ~50 ms on an H100, long enough to hide the launches
+MAX_BATCH = 16  # tiles per UNet call: 16 of 128^2 are ~18 TFLOP, ~50 ms on an H100 (estimated, not measured): enough to hide the launches
 # now that the host never waits per tile; 64 would hold ~8 GB of bf16 activations for no expected gain and break the
 # 12 GB budget (docs/benchmarks.md; bench_networks --batch 16 / 64 on a GPU is the check)
 
