@@ -36,7 +36,7 @@ from tiny_sd import build_tiny_components  # noqa: E402
 from vsrup.clips import plan  # noqa: E402
 from vsrup.config import SampleConfig, UpscaleConfig  # noqa: E402
 from vsrup.flow import estimate_flow  # noqa: E402
-from vsrup.models.sd_x4 import DiffusionUpscaler  # noqa: E402
+from vsrup.models import sd_x4  # noqa: E402
 from vsrup.pipeline import in_span, upscale_frames  # noqa: E402
 from vsrup.sampling.temporal import temporal_hook  # noqa: E402
 
@@ -70,16 +70,17 @@ def detail(out: np.ndarray) -> float:
     return float(np.abs(lap).mean())
 
 
-class GuideLatents(DiffusionUpscaler):
+class GuideLatents(sd_x4.Model):
     """The alternative placement: motion guidance on x_t rather than on the predicted x0."""
 
-    def upscale(self, frames, indices, hook=None):
-        return super().upscale(frames, indices, hook=temporal_hook(estimate_flow(frames), self.sample, target="latents"))
+    def sample(self, window, plan, progress, hook=None):
+        hook = temporal_hook(estimate_flow(window.frames), self.settings, target="latents")
+        return super().sample(window, plan, progress, hook=hook)
 
 
-def render(folder: Path, frames: np.ndarray, model=DiffusionUpscaler, **sample) -> np.ndarray:
+def render(folder: Path, frames: np.ndarray, model=sd_x4.Model, **sample) -> np.ndarray:
     config = UpscaleConfig(model=str(folder), device="cpu", sample=SampleConfig(**sample))
-    upscaler = model(config)
+    upscaler = model(str(folder), config)
     pairs = upscale_frames([Frame(i, f) for i, f in enumerate(frames)], upscaler, config, in_span(0, None))
     return np.stack([image for _, image in pairs])  # (n, 4h, 4w, 3)
 
@@ -91,7 +92,7 @@ def measure(folder: Path) -> dict:
         "off": dict(motion_guidance=0.0),
         "guidance on x0 (default)": {},
         "guidance on x_t": dict(model=GuideLatents),
-        "guidance on x0 + propagation every 3rd step": dict(propagation_steps=tuple(range(0, SampleConfig().steps, 3))),
+        "guidance on x0 + propagation every 3rd step": dict(propagation_steps=tuple(range(0, sd_x4.DEFAULTS["steps"], 3))),
     }
     for name, options in cases.items():
         started = time.perf_counter()

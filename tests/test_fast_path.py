@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_sd import one_torch_thread, tiny_sd_x4_cache  # noqa: F401  (fixtures)
+from tiny_sd import REPO_ID, one_torch_thread, run_window, tiny_sd_x4_cache  # noqa: F401  (fixtures)
 
+import vsrup.models.loading as loading
 import vsrup.models.sd_x4 as sd
 from vsrup.config import SampleConfig, UpscaleConfig
 from vsrup.errors import ModelError
@@ -27,14 +28,25 @@ def frames() -> np.ndarray:
     return np.random.default_rng(1).random((len(INDICES), 12, 16, 3), dtype=np.float32)  # (T, h, w, 3)
 
 
-def upscaler(**sample) -> sd.DiffusionUpscaler:
-    return sd.DiffusionUpscaler(UpscaleConfig(device="cpu", sample=SampleConfig(**{**SAMPLE, **sample})))
+class Upscaler:
+    """The x4 model with SAMPLE's options, run on a window as the pipeline runs it."""
+
+    def __init__(self, emit=lambda event: None, **sample):
+        self.config = UpscaleConfig(device="cpu", sample=SampleConfig(**{**SAMPLE, **sample}))
+        self.model = sd.Model(REPO_ID, self.config, emit)
+        self.unet, self.vae = self.model.unet, self.model.vae
+
+    def upscale(self, frames, indices):
+        return run_window(self.model, self.config, frames, indices)  # (T, 4h, 4w, 3)
+
+
+upscaler = Upscaler
 
 
 def plain_frames(monkeypatch, frames, **sample) -> np.ndarray:
     """The reference: the same job with the networks as loaded (contiguous, eager)."""
     with monkeypatch.context() as patch:
-        patch.setattr(sd, "to_device", lambda network, device: network.to(device).eval())
+        patch.setattr(loading, "to_device", lambda network, device: network.to(device).eval())
         model = upscaler(**sample)
         assert model.unet.conv_in.weight.is_contiguous()
         return model.upscale(frames, INDICES)  # (T, 4h, 4w, 3)
@@ -64,7 +76,7 @@ def test_compile_gives_the_same_frames(tiny_sd_x4_cache, monkeypatch, frames):
     one_shape = dict(tile=0, guidance=1.0)  # untiled, no CFG: each network sees one input shape, so compiles once
     torch._dynamo.reset()
     events = []
-    model = sd.DiffusionUpscaler(UpscaleConfig(device="cpu", sample=SampleConfig(**{**SAMPLE, **one_shape}, compile=True)), emit=events.append)
+    model = upscaler(emit=events.append, **one_shape, compile=True)
     assert any("--compile" in e.message for e in events if e.kind == "info")
     compiled = model.upscale(frames, INDICES)  # (T, 4h, 4w, 3)
     assert np.abs(compiled - plain_frames(monkeypatch, frames, **one_shape)).max() < 1e-4

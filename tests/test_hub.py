@@ -15,8 +15,20 @@ from tiny_sd import COMMIT, REPO_ID, point_hf_at, seed_hf_cache, tiny_sd_x4_cach
 
 from vsrup.config import UpscaleConfig
 from vsrup.errors import ModelError, UsageError
-from vsrup.models import hub, load_upscaler
-from vsrup.models.registry import model_source
+from vsrup.models import hub
+from vsrup.models.registry import choose, repo_for
+from vsrup.models.sd_x4 import FILES
+
+
+def load_upscaler(config):
+    choice = choose(config.model)
+    return choice.load(choice.settle(config))
+
+
+def download(model, revision, emit=lambda event: None, half=False):
+    """What `vsrup download MODEL` does."""
+    repo, choice = repo_for(model)
+    return hub.download(repo, choice.module.FILES, revision, emit, half=half)
 
 # The repo's file list as recalled (2023-2024 state); the test is about the choice, not the exact list.
 REAL_REPO_FILES = [
@@ -64,7 +76,7 @@ NEEDED_CONFIGS = [
 
 @pytest.mark.parametrize("half,suffix", [(False, "safetensors"), (True, "fp16.safetensors")])
 def test_plan_takes_the_diffusers_subfolders_and_one_weight_file_each(half, suffix):
-    wanted, missing = hub.plan_files(REAL_REPO_FILES, half)
+    wanted, missing = hub.plan_files(REAL_REPO_FILES, FILES, half)
     assert missing == []
     assert wanted == NEEDED_CONFIGS + [
         f"unet/diffusion_pytorch_model.{suffix}",
@@ -76,19 +88,19 @@ def test_plan_takes_the_diffusers_subfolders_and_one_weight_file_each(half, suff
 
 def test_plan_falls_back_to_the_variant_that_exists_and_reports_what_is_missing():
     only_full = [f for f in REAL_REPO_FILES if ".fp16." not in f]
-    assert hub.plan_files(only_full, half=True)[0][-1] == "text_encoder/model.safetensors"
+    assert hub.plan_files(only_full, FILES, half=True)[0][-1] == "text_encoder/model.safetensors"
     only_half = [f for f in REAL_REPO_FILES if not f.endswith("/model.safetensors")]
-    assert hub.plan_files(only_half, half=False)[0][-1] == "text_encoder/model.fp16.safetensors"
+    assert hub.plan_files(only_half, FILES, half=False)[0][-1] == "text_encoder/model.fp16.safetensors"
     no_vae = [f for f in REAL_REPO_FILES if not f.startswith(("vae/", "tokenizer/"))]
-    assert hub.plan_files(no_vae, half=False)[1] == ["vae/config.json", "tokenizer/", "vae/diffusion_pytorch_model.safetensors"]
+    assert hub.plan_files(no_vae, FILES, half=False)[1] == ["vae/config.json", "tokenizer/", "vae/diffusion_pytorch_model.safetensors"]
 
 
 def test_short_name_repo_id_and_folder_resolve(tiny_sd_x4_cache, tiny_sd_x4_folder):
     snapshot = tiny_sd_x4_cache / "hub" / "models--stabilityai--stable-diffusion-x4-upscaler" / "snapshots" / COMMIT
-    assert model_source("sd-x4") == REPO_ID
-    assert hub.resolve(model_source("sd-x4"), None, half=False) == snapshot
-    assert hub.resolve(REPO_ID, "main", half=True) == snapshot  # fp32 weights serve a half job offline
-    assert hub.resolve(str(tiny_sd_x4_folder), None, half=False) == tiny_sd_x4_folder
+    assert choose("sd-x4").source == REPO_ID
+    assert hub.resolve(choose("sd-x4").source, FILES, None, half=False) == snapshot
+    assert hub.resolve(REPO_ID, FILES, "main", half=True) == snapshot  # fp32 weights serve a half job offline
+    assert hub.resolve(str(tiny_sd_x4_folder), FILES, None, half=False) == tiny_sd_x4_folder
 
 
 def test_offline_without_a_cached_copy_says_how_to_fix_it(monkeypatch, tmp_path):
@@ -105,11 +117,11 @@ def test_offline_without_a_cached_copy_says_how_to_fix_it(monkeypatch, tmp_path)
 def test_download_offline_fails_clearly_and_rejects_non_repos(monkeypatch, tmp_path):
     point_hf_at(monkeypatch, tmp_path / "empty-hf-home")
     with pytest.raises(ModelError, match="not in the Hugging Face cache"):
-        hub.download("sd-x4", None)
+        download("sd-x4", None)
     with pytest.raises(UsageError, match="no weights"):
-        hub.download("lanczos", None)
+        download("lanczos", None)
     with pytest.raises(UsageError):
-        hub.download("./some/folder", None)
+        download("./some/folder", None)
 
 
 def test_an_incomplete_cached_copy_names_the_missing_files(monkeypatch, tmp_path, tiny_sd_x4_folder):
@@ -118,8 +130,8 @@ def test_an_incomplete_cached_copy_names_the_missing_files(monkeypatch, tmp_path
     (partial / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     seed_hf_cache(tmp_path / "hf" / "hub", partial)
     point_hf_at(monkeypatch, tmp_path / "hf")
-    with pytest.raises(ModelError, match=r"is incomplete: missing vae/diffusion_pytorch_model\.safetensors"):
-        hub.resolve(REPO_ID, None, half=False)
+    with pytest.raises(ModelError, match=r"is incomplete for an SD x4 upscaler: missing vae/diffusion_pytorch_model\.safetensors"):
+        hub.resolve(REPO_ID, FILES, None, half=False)
 
 
 class FakeHub:
@@ -150,9 +162,9 @@ def test_download_asks_only_for_the_planned_files(monkeypatch, tmp_path, half):
     point_hf_at(monkeypatch, tmp_path / "hf", offline=False)
     fake = FakeHub(monkeypatch, tmp_path / "snap")
     events = []
-    path = hub.download("sd-x4", "v1", events.append, half=half)
+    path = download("sd-x4", "v1", events.append, half=half)
     assert path == tmp_path / "snap"
-    assert fake.requested == [(REPO_ID, f, "v1") for f in hub.plan_files(REAL_REPO_FILES, half)[0]]
+    assert fake.requested == [(REPO_ID, f, "v1") for f in hub.plan_files(REAL_REPO_FILES, FILES, half)[0]]
     fetched = [e.message for e in events if e.message.startswith("downloading")]
     assert len(fetched) == len(fake.requested)  # nothing was cached: one info event per file
     weights = "unet/diffusion_pytorch_model.fp16.safetensors" if half else "unet/diffusion_pytorch_model.safetensors"
@@ -165,12 +177,12 @@ def test_unreachable_hub_falls_back_to_the_cache(monkeypatch, tiny_sd_x4_cache, 
 
     point_hf_at(monkeypatch, tiny_sd_x4_cache, offline=False)
     fake = FakeHub(monkeypatch, tmp_path / "unused", error=ConnectError("[Errno -2] Name or service not known"))
-    assert hub.resolve(REPO_ID, None, half=True).name == COMMIT
+    assert hub.resolve(REPO_ID, FILES, None, half=True).name == COMMIT
     assert fake.requested == []
 
     point_hf_at(monkeypatch, tmp_path / "empty", offline=False)
     with pytest.raises(ModelError, match=r"the Hub cannot be reached \(ConnectError\); run `vsrup download"):
-        hub.resolve(REPO_ID, None, half=True)
+        hub.resolve(REPO_ID, FILES, None, half=True)
 
 
 def test_unknown_repo_is_a_model_error(monkeypatch, tmp_path):

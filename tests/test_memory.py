@@ -9,9 +9,10 @@ import torch
 
 from vsrup import memory
 from vsrup.errors import EXIT_RUNTIME, VsrupError
-from vsrup.memory import MemoryPlan, OomRetry, OutOfMemory, free_memory, plan_memory, shrink, unet_bytes
+from vsrup.memory import Cost, MemoryPlan, OomRetry, OutOfMemory, Planner, free_memory, plan_memory, shrink, stage
 
 GIB = 2**30
+BF16, FP32 = Cost(dtype_bytes=2), Cost(dtype_bytes=4)  # the x4 model's measured costs
 
 
 def test_oom_error_class_exists_on_cpu_torch():
@@ -23,32 +24,32 @@ def test_free_memory_on_cpu_is_positive():
 
 
 def test_plenty_of_memory_gives_the_training_tile_and_every_tile_in_one_call():
-    plan = plan_memory(80 * GIB, 270, 480, samples=16, tile=None, overlap=32, batch=None, dtype_bytes=2)
+    plan = plan_memory(80 * GIB, 270, 480, BF16, samples=16, tile=None, overlap=32, batch=None)
     assert (plan.tile, plan.overlap) == (128, 32)
     assert plan.batch == memory.MAX_BATCH  # 16 samples x 15 tiles > 16
-    small = plan_memory(80 * GIB, 270, 480, samples=1, tile=None, overlap=32, batch=None, dtype_bytes=2)
+    small = plan_memory(80 * GIB, 270, 480, BF16, samples=1, tile=None, overlap=32, batch=None)
     assert small.batch == 15  # a step's 15 tiles, in one call
 
 
 def test_little_memory_gives_a_smaller_tile_and_batch():
-    one_64_tile = unet_bytes(64 * 64, 1, 2)
+    one_64_tile = BF16.unet_bytes(64 * 64, 1)
     free = int((one_64_tile + memory.RESERVE) / memory.SAFETY) + 1
-    plan = plan_memory(free, 270, 480, samples=2, tile=None, overlap=32, batch=None, dtype_bytes=2)
+    plan = plan_memory(free, 270, 480, BF16, samples=2, tile=None, overlap=32, batch=None)
     assert (plan.tile, plan.overlap, plan.batch) == (64, 32, 1)
     assert plan.vae_tile < 128
-    nothing = plan_memory(0, 270, 480, samples=2, tile=None, overlap=32, batch=None, dtype_bytes=2)
+    nothing = plan_memory(0, 270, 480, BF16, samples=2, tile=None, overlap=32, batch=None)
     assert (nothing.tile, nothing.batch, nothing.vae_tile) == (memory.TILE_FLOOR, 1, memory.TILE_FLOOR)
 
 
 def test_given_tile_and_batch_are_kept_and_overlap_fits_the_tile():
-    plan = plan_memory(80 * GIB, 270, 480, samples=2, tile=24, overlap=32, batch=3, dtype_bytes=4)
+    plan = plan_memory(80 * GIB, 270, 480, FP32, samples=2, tile=24, overlap=32, batch=3)
     assert (plan.tile, plan.overlap, plan.batch) == (24, 6, 3)
-    untiled = plan_memory(80 * GIB, 270, 480, samples=4, tile=0, overlap=32, batch=None, dtype_bytes=2)
+    untiled = plan_memory(80 * GIB, 270, 480, BF16, samples=4, tile=0, overlap=32, batch=None)
     assert (untiled.tile, untiled.batch) == (0, 4)
 
 
 def test_description_is_one_line():
-    text = plan_memory(80 * GIB, 270, 480, samples=2, tile=None, overlap=32, batch=None, dtype_bytes=2).describe()
+    text = plan_memory(80 * GIB, 270, 480, BF16, samples=2, tile=None, overlap=32, batch=None).describe()
     assert "\n" not in text and "tile 128" in text and "270x480" in text
 
 
@@ -113,11 +114,12 @@ def test_vae_stage_shrinks_the_vae_tile_only():
 
     def decode(plan):
         calls.append(plan.vae_tile)
-        if plan.vae_tile > 32:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        with stage("vae"):  # the model marks its VAE calls
+            if plan.vae_tile > 32:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return plan.vae_tile
 
-    assert retry.run(decode, stage="vae") == 32
+    assert retry.run(decode) == 32
     assert calls == [128, 64, 32] and (retry.plan.tile, retry.plan.batch) == (128, 4)
 
 
@@ -127,3 +129,24 @@ def test_other_errors_are_not_swallowed():
 
     with pytest.raises(RuntimeError, match="not an OOM"):
         OomRetry(MemoryPlan((64, 64), 64, 16, 2, 64, 16)).run(broken)
+
+
+def test_cost_describes_the_model_not_x4_constants():
+    x4_cfg = Cost(dtype_bytes=2, rows_per_frame=2)
+    framewise = Cost(dtype_bytes=2, frames_together=False, unet_per_px=30_000)
+    assert (x4_cfg.rows(8), framewise.rows(8)) == (16, 1)  # CFG doubles the rows; frame-wise models call one frame at a time
+    assert framewise.unet_bytes(128 * 128, 1) > x4_cfg.unet_bytes(128 * 128, 1)
+    little = int((x4_cfg.unet_bytes(128 * 128, 1) + memory.RESERVE) / memory.SAFETY) + 1
+    assert plan_memory(little, 270, 480, x4_cfg, samples=16, tile=None, overlap=32, batch=None).tile == 128
+    assert plan_memory(little, 270, 480, framewise, samples=1, tile=None, overlap=32, batch=None).tile < 128
+
+
+def test_planner_makes_one_plan_per_window_shape_logs_it_and_keeps_shrinks():
+    events = []
+    planner = Planner(BF16, torch.device("cpu"), tile=None, overlap=32, batch=None, emit=events.append)
+    clip = FakeClip(limit=10**9)
+    planner.run(clip, 8, 270, 480)
+    planner.run(clip, 8, 270, 480)
+    planner.run(clip, 2, 270, 480)
+    plans = [e.message for e in events if e.kind == "info"]
+    assert len(plans) == 2 and plans[0].startswith("memory plan for 8 frame(s) of 480x270")

@@ -1,4 +1,4 @@
-"""The x4 family's configs, device/dtype choice, loading through the registry, and the CPU estimate."""
+"""The families' configs, device/dtype choice, and loading the x4 family through the registry."""
 
 from __future__ import annotations
 
@@ -8,12 +8,18 @@ import weakref
 
 import pytest
 import torch
-from tiny_sd import one_torch_thread, tiny_sd_x4_cache, tiny_sd_x4_folder  # noqa: F401  (fixtures)
+from tiny_sd import REPO_ID, one_torch_thread, run_window, tiny_sd_x4_cache, tiny_sd_x4_folder  # noqa: F401  (fixtures)
 
 from vsrup.config import SampleConfig, UpscaleConfig
-from vsrup.device import job_seconds, resolve_device, resolve_dtype, vae_dtype
+from vsrup.device import resolve_device, resolve_dtype, vae_dtype
 from vsrup.errors import ModelError, UsageError
-from vsrup.models import load_upscaler
+from vsrup.models.registry import choose
+
+
+def load_upscaler(config, emit=lambda event: None):
+    """What the pipeline does: resolve --model once, settle the options, load."""
+    choice = choose(config.model)
+    return choice.load(choice.settle(config), emit)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -23,7 +29,7 @@ def params(module) -> float:
 
 
 def test_full_size_configs_give_the_published_sizes():
-    from vsrup.models.sd_x4 import build_random_components
+    from vsrup.models.configs import build_random_components
 
     parts = build_random_components("meta")  # nothing allocated
     assert round(params(parts["unet"]), 1) == 473.4  # perf.md §3
@@ -34,6 +40,19 @@ def test_full_size_configs_give_the_published_sizes():
     assert parts["scheduler"].config.prediction_type == "v_prediction"
     assert parts["scheduler"].config.steps_offset == 1
     assert parts["low_res_scheduler"].config.prediction_type == "epsilon"
+
+
+def test_full_size_stablevsr_configs_give_the_published_sizes():
+    from vsrup.models.configs import build_random_components
+
+    parts = build_random_components("meta", family="stablevsr")
+    assert round(params(parts["controlnet"]), 1) == 207.7  # controlnet/diffusion_pytorch_model.safetensors: 831 MB fp32
+    assert round(params(parts["unet"]), 1) == 472.4  # the x4 UNet less its 1000 x 1024 class embedding: 1.89 GB
+    assert parts["unet"].class_embedding is None and parts["controlnet"].class_embedding is None
+    scheduler = parts["scheduler"]
+    assert type(scheduler).__name__ == "DDPMScheduler" and scheduler.config.prediction_type == "v_prediction"
+    scheduler.set_timesteps(50)
+    assert scheduler.timesteps[0] == 981 and scheduler.timesteps[-1] == 1  # leading spacing, steps_offset 1 (nextmodels.md §1.4)
 
 
 def test_device_resolution():
@@ -64,27 +83,22 @@ def test_dtype_resolution(monkeypatch):
     assert [vae_dtype(d) for d in (torch.float16, torch.bfloat16, torch.float32)] == [torch.float32, torch.bfloat16, torch.float32]
 
 
-def test_job_seconds_arithmetic():
-    # 1e-6 s per latent px per UNet eval, 10 frames of 100 x 100, 30 steps with CFG: 60 evals + the decode.
-    assert job_seconds(1e-6, 10, 100, 100, 30, True) == pytest.approx(0.1 * (60 + 155 / 69.3))
-    assert job_seconds(1e-6, 10, 100, 100, 30, False) == pytest.approx(0.1 * (30 + 155 / 69.3))
-
-
 @pytest.mark.parametrize("model", ["sd-x4", "stabilityai/stable-diffusion-x4-upscaler", "folder"])
 def test_registry_loads_short_name_repo_id_and_local_folder(tiny_sd_x4_cache, tiny_sd_x4_folder, model):
-    from vsrup.models.sd_x4 import DiffusionUpscaler
+    from vsrup.models import sd_x4
 
     events = []
     model = str(tiny_sd_x4_folder) if model == "folder" else model
+    assert choose(model).family == "sd-x4"
     up = load_upscaler(UpscaleConfig(model=model, device="cpu"), events.append)
-    assert isinstance(up, DiffusionUpscaler) and up.scale == 4
+    assert isinstance(up, sd_x4.Model) and up.info.scale == 4 and up.info.kind == "clip"
     assert any(e.kind == "info" and model in e.message for e in events)
 
 
 def test_registry_keeps_lanczos_and_rejects_unknown_names():
-    from vsrup.models.lanczos import LanczosUpscaler
+    from vsrup.models import lanczos
 
-    assert isinstance(load_upscaler(UpscaleConfig(model="lanczos")), LanczosUpscaler)
+    assert isinstance(load_upscaler(UpscaleConfig(model="lanczos")), lanczos.Model)
     for name in ("sd-x8", "./no/such/folder", "a/b/c"):
         with pytest.raises(UsageError, match="unknown model"):
             load_upscaler(UpscaleConfig(model=name))
@@ -93,7 +107,7 @@ def test_registry_keeps_lanczos_and_rejects_unknown_names():
 def test_text_encoder_runs_once_and_is_freed(tiny_sd_x4_cache, monkeypatch):
     from transformers import CLIPTextModel
 
-    from vsrup.models.sd_x4 import DiffusionUpscaler
+    from vsrup.models import sd_x4
 
     made, calls = [], []
     original = CLIPTextModel.from_pretrained.__func__
@@ -105,8 +119,9 @@ def test_text_encoder_runs_once_and_is_freed(tiny_sd_x4_cache, monkeypatch):
         return model
 
     monkeypatch.setattr(CLIPTextModel, "from_pretrained", classmethod(spy))
-    up = DiffusionUpscaler(UpscaleConfig(device="cpu", sample=SampleConfig(guidance=5.0, steps=2)))
-    up.upscale(torch.rand(2, 8, 8, 3).numpy(), [0, 1])
+    config = UpscaleConfig(device="cpu", sample=SampleConfig(guidance=5.0, steps=2))
+    up = sd_x4.Model(REPO_ID, config)
+    run_window(up, config, torch.rand(2, 8, 8, 3).numpy(), [0, 1])
     gc.collect()
     assert len(made) == 1 and made[0]() is None  # loaded once, no reference left
     assert len(calls) == 2  # prompt and negative prompt, once per job, not per clip
@@ -116,29 +131,6 @@ def test_long_prompt_warns(tiny_sd_x4_cache):
     events = []
     load_upscaler(UpscaleConfig(device="cpu", sample=SampleConfig(prompt="the best " * 60)), events.append)
     assert [e.message for e in events if e.kind == "warning"] == ["the prompt is longer than 77 tokens; the rest is ignored"]
-
-
-def test_cpu_estimate_comes_from_the_first_real_step_once(tiny_sd_x4_cache):
-    events = []
-    up = load_upscaler(UpscaleConfig(device="cpu", sample=SampleConfig(steps=3, guidance=5.0, tile=0)), events.append)
-    up.expect(100, 8, 12)
-    frames = torch.rand(2, 8, 12, 3).numpy()
-    up.upscale(frames, [0, 1])
-    up.upscale(frames, [2, 3])
-    warnings = [e for e in events if e.kind == "warning"]
-    assert len(warnings) == 1 and "running on the CPU: about" in warnings[0].message and "100 frame(s) of 12x8" in warnings[0].message
-    estimate = warnings[0].data["estimate_seconds"]
-    assert estimate > 0
-
-
-def test_job_estimate_is_linear_in_frames_and_pixels_and_counts_cfg():
-    from vsrup.device import VAE_DECODE_IN_UNET_EVALS, job_seconds
-
-    one = job_seconds(1e-6, 10, 32, 48, steps=20, guided=False)
-    assert one == pytest.approx(1e-6 * 10 * 32 * 48 * (20 + VAE_DECODE_IN_UNET_EVALS))
-    assert job_seconds(1e-6, 20, 32, 48, 20, False) == pytest.approx(2 * one)
-    assert job_seconds(1e-6, 10, 64, 48, 20, False) == pytest.approx(2 * one)
-    assert job_seconds(1e-6, 10, 32, 48, 20, True) == pytest.approx(1e-6 * 10 * 32 * 48 * (40 + VAE_DECODE_IN_UNET_EVALS))
 
 
 def test_corrupt_weights_are_a_model_error(tiny_sd_x4_folder, tmp_path):
@@ -152,7 +144,10 @@ def test_corrupt_weights_are_a_model_error(tiny_sd_x4_folder, tmp_path):
 
 
 def test_fp16_variant_is_chosen_for_half_precision(tiny_sd_x4_folder, tmp_path):
-    from vsrup.models.sd_x4 import weights_variant
+    from vsrup.models import hub
+
+    def weights_variant(folder, subfolder, half):
+        return hub.weights_variant(folder, subfolder, "diffusion_pytorch_model", half)
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_sd_x4_folder, folder)

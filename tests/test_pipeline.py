@@ -1,32 +1,41 @@
-"""The streaming core: frames in order, exactly once, and the same whatever span a run covers."""
+"""The streaming core: frames in order, exactly once, and the same whatever span a run covers.
+
+Stand-in models hold to the contract of ``vsrup.models`` (``info``, ``device``, ``sample`` or ``step``)
+without any network: the pipeline must carry both kinds through one contract.
+"""
 
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from test_clips import sequence
 from vsrup.config import SampleConfig, UpscaleConfig
-from vsrup.pipeline import exit_code, in_span, plan_jobs, upscale_frames, Job, Result
 from vsrup.errors import InputDataError, OutputError, UsageError
+from vsrup.flow import Flow
+from vsrup.models import ModelInfo
+from vsrup.pipeline import Job, Result, exit_code, in_span, plan_jobs, upscale_frames
 
 
 class ClipDependent:
-    """A stand-in model whose output depends on the whole clip (like a temporal model): x2 nearest + clip mean."""
+    """A stand-in clip model whose output depends on the whole clip (like a temporal model): x2 nearest + clip mean."""
 
-    scale = 2
+    info = ModelInfo(name="clip-mean", scale=2, kind="clip", flow=False, generative=False, cost=None)
+    device = torch.device("cpu")
 
     def __init__(self):
         self.calls = []
 
-    def upscale(self, frames, indices):
+    def sample(self, window, plan, progress):
+        frames, indices = window.frames, window.indices
         self.calls.append(list(indices))
         up = frames.repeat(2, axis=1).repeat(2, axis=2)  # (T, 2h, 2w, 3)
-        return up + frames.mean(axis=0).mean() + 0.01 * np.asarray(indices, np.float32)[:, None, None, None]
+        return torch.from_numpy(0.5 * up + 0.1 * frames.mean() + 0.01 * np.asarray(indices, np.float32)[:, None, None, None])
 
 
-def run(frames, config, first=0, stop=None):
-    model = ClipDependent()
+def run(frames, config, first=0, stop=None, model=None):
+    model = model or ClipDependent()
     out = list(upscale_frames(frames, model, config, in_span(first, stop), stop))
     return [f.index for f, _ in out], [img for _, img in out], model.calls
 
@@ -76,3 +85,68 @@ def test_exit_code_of_a_batch():
     assert exit_code([ok, Result(job, "skipped")]) == 0
     assert exit_code([ok, data]) == 65
     assert exit_code([data, io]) == 1
+
+
+class Recurrent:
+    """A stand-in sequential model: out_i = 0.5 up(x_i) + 0.5 W(out_{i-1}, f_{i->i-1}); a restart drops the memory.
+
+    It records what it was given: each frame's index, whether it had a state, and the flow's pair.
+    """
+
+    info = ModelInfo(name="recurrent", scale=2, kind="sequential", flow=True, generative=False, cost=None, restart_every=4)
+    device = torch.device("cpu")
+
+    def __init__(self, restart_every=4):
+        self.info = replace(Recurrent.info, restart_every=restart_every)
+        self.calls = []
+
+    def step(self, window, state, plan, progress):
+        from vsrup.flow import upscale_flow, warp
+
+        assert window.frames.shape[0] == 1 and len(window.indices) == 1
+        self.calls.append((window.indices[0], state is not None, None if window.flow is None else window.flow.num_frames))
+        up = torch.from_numpy(window.frames.repeat(2, axis=1).repeat(2, axis=2)).permute(0, 3, 1, 2)  # (1, 3, 2h, 2w)
+        if state is not None:
+            assert isinstance(window.flow, Flow) and window.flow.num_frames == 2  # the pair (previous, this)
+            back = upscale_flow(window.flow.next_to_i, 2)  # (1, 2, 2h, 2w) this frame -> the previous one
+            up = 0.5 * up + 0.5 * warp(state, back)
+        progress(1.0)
+        return up.permute(0, 2, 3, 1), up  # (1, 2h, 2w, 3), the state
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 6, 9, 12])
+def test_sequential_model_partial_runs_equal_one_whole_run(k):
+    frames = sequence(15, cuts=(10,), h=16, w=20)
+    config = replace(CONFIG, sample=replace(CONFIG.sample, clip_len=6))
+    idx, whole, calls = run(frames, config, model=Recurrent())
+    assert idx == list(range(15))
+    # Restart points: the first frame, every 4 frames of a shot, and the cut at 10 (which starts a new count).
+    assert [i for i, had_state, _ in calls if not had_state] == [0, 4, 8, 10, 14]
+    assert all(pair == 2 for _, had_state, pair in calls if had_state)
+    idx_a, part_a, _ = run(frames, config, 0, k, model=Recurrent())
+    model_b = Recurrent()
+    idx_b, part_b, _ = run(frames, config, k, None, model=model_b)
+    assert idx_a + idx_b == idx
+    assert all(np.array_equal(a, b) for a, b in zip(whole, part_a + part_b))
+    first_run = model_b.calls[0][0]
+    assert first_run == max(r for r in (0, 4, 8, 10, 14) if r <= k)  # it starts at the restart point before k
+
+
+def test_sequential_state_carries_flow_and_memory():
+    frames = sequence(6, h=16, w=20)
+    _, with_memory, _ = run(frames, CONFIG, model=Recurrent(restart_every=100))
+    _, memoryless, _ = run(frames, CONFIG, model=Recurrent(restart_every=1))
+    assert np.array_equal(with_memory[0], memoryless[0])  # frame 0 is a restart either way
+    assert all(np.abs(a - b).max() > 0.01 for a, b in zip(with_memory[1:], memoryless[1:]))
+
+
+def test_sequential_model_without_fixed_restarts_runs_from_a_shot_start():
+    """Without restart_every the shot's end is not known ahead: a partial run computes from each shot start
+    that a wanted frame may follow (here 0, since the cut at 5 is not yet seen there), and stops at the end."""
+    frames = sequence(12, cuts=(5,), h=16, w=20)
+    model = Recurrent(restart_every=None)
+    idx, part, _ = run(frames, CONFIG, 8, 10, model=model)
+    assert idx == [8, 9] and [i for i, _, _ in model.calls] == list(range(10))
+    assert [i for i, had_state, _ in model.calls if not had_state] == [0, 5]
+    _, whole, _ = run(frames, CONFIG, model=Recurrent(restart_every=None))
+    assert all(np.array_equal(a, b) for a, b in zip(part, whole[8:10]))

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_sd import one_torch_thread, tiny_sd_x4_cache, tiny_sd_x4_folder  # noqa: F401  (fixtures)
+from tiny_sd import one_torch_thread, run_window, tiny_sd_x4_cache, tiny_sd_x4_folder, x4_model  # noqa: F401  (fixtures)
 
 from vsrup.config import SampleConfig, UpscaleConfig
 from vsrup.errors import UsageError
-from vsrup.sampling.loop import Step, TextEmbeddings, predict
+from vsrup.sampling.sd_x4 import Step, TextEmbeddings, predict
 from vsrup.sampling.schedulers import build_scheduler
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -42,20 +42,30 @@ def pipe(tiny_sd_x4_folder):
 OFF = dict(tile=0, motion_guidance=0.0, color_fix="none")  # the stages diffusers does not have
 
 
-def make_upscaler(**sample):
-    from vsrup.models.sd_x4 import DiffusionUpscaler
+class Upscaler:
+    """The x4 model as the pipeline runs one window of it."""
 
-    return DiffusionUpscaler(UpscaleConfig(device="cpu", sample=SampleConfig(seed=SEED, **{**OFF, **sample})))
+    def __init__(self, **sample):
+        self.model, self.config = x4_model(seed=SEED, **{**OFF, **sample})
+        self.text, self.scheduler_config = self.model.text, self.model.scheduler_config
+
+    def upscale(self, frames, indices, hook=None):
+        extra = {"hook": hook} if hook is not None else {}
+        return run_window(self.model, self.config, frames, indices, **extra)
+
+
+make_upscaler = Upscaler
 
 
 def reference(pipe, frames, indices, scheduler, steps, guidance, noise_level, seed=SEED) -> np.ndarray:
     """diffusers, one call per frame, generator seeded seed + frame index: (T, 4h, 4w, 3) in [0, 1]."""
     pipe.scheduler = build_scheduler(scheduler, pipe.scheduler.config)
-    s = SampleConfig()
+    from vsrup.models.sd_x4 import DEFAULTS
+
     out = [
         pipe(
-            prompt=s.prompt,
-            negative_prompt=s.negative_prompt,
+            prompt=DEFAULTS["prompt"],
+            negative_prompt=DEFAULTS["negative_prompt"],
             image=frames[k : k + 1],
             num_inference_steps=steps,
             guidance_scale=guidance,
@@ -171,10 +181,10 @@ def test_predict_batches_cfg_into_one_call_unconditional_first():
     [dict(noise_level=-1), dict(noise_level=351), dict(steps=0), dict(scheduler="lms")],
 )
 def test_bad_sampler_options_are_usage_errors(sample):
-    from vsrup.models.sd_x4 import DiffusionUpscaler
+    from vsrup.models.sd_x4 import settle
 
     with pytest.raises(UsageError):
-        DiffusionUpscaler(UpscaleConfig(device="cpu", sample=SampleConfig(**sample)))
+        settle(SampleConfig(**sample))
 
 
 def test_text_embeddings_shape_of_the_job(tiny_sd_x4_cache):

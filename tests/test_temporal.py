@@ -17,7 +17,7 @@ import bench_temporal as bench  # noqa: E402
 from tiny_sd import one_torch_thread, tiny_sd_x4_folder  # noqa: E402, F401  (fixtures)
 
 from vsrup.config import SampleConfig, UpscaleConfig  # noqa: E402
-from vsrup.models.sd_x4 import DiffusionUpscaler  # noqa: E402
+from vsrup.models import sd_x4  # noqa: E402
 from vsrup.pipeline import in_span, upscale_frames  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -53,7 +53,7 @@ def test_partial_runs_give_the_whole_runs_frames_bit_for_bit(tiny_sd_x4_folder, 
     frames = bench.pan(n=14, h=16, w=20)
     frames[10:] = frames[10:, :, ::-1] * 0.5 + 0.4  # a scene cut at 10
     config = UpscaleConfig(model=str(tiny_sd_x4_folder), device="cpu", sample=SampleConfig(steps=4, clip_len=5, clip_overlap=2))
-    upscaler = DiffusionUpscaler(config)
+    upscaler = sd_x4.Model(str(tiny_sd_x4_folder), config)
     items = [bench.Frame(i, f) for i, f in enumerate(frames)]
 
     def run(first, stop):

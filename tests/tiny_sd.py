@@ -58,7 +58,7 @@ def build_tiny_components(folder: Path) -> dict:
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from vsrup.models.sd_x4 import LOW_RES_SCHEDULER_CONFIG, SCHEDULER_CONFIG  # the real model's
+    from vsrup.models.configs import LOW_RES_SCHEDULER_CONFIG, SCHEDULER_CONFIG  # the real model's
 
     tok_dir = folder.parent / "tokenizer-src"
     write_tiny_clip_tokenizer_files(tok_dir)
@@ -198,3 +198,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+def x4_model(**sample):
+    """The x4 family's model on the CPU from the seeded cache (``tiny_sd_x4_cache``), with these sampler options."""
+    from vsrup.config import SampleConfig, UpscaleConfig
+    from vsrup.models import sd_x4
+
+    config = UpscaleConfig(device="cpu", sample=SampleConfig(**sample))
+    return sd_x4.Model(REPO_ID, config), config
+
+
+def run_window(model, config, frames, indices, **sample_kwargs):
+    """What the pipeline does with one window (flow when the model asks, the memory plan, the colour fix,
+    clamping): (T, h, w, 3) -> (T, H, W, 3) float32. ``sample_kwargs`` go to ``model.sample`` (the x4 hook)."""
+    from vsrup.models import Window
+    from vsrup.runner import Flows, ModelRunner
+
+    runner = ModelRunner(model, config)
+    with Flows(model, config.sample.flow) as flows:
+        window = Window(frames, tuple(indices), flows.get(frames, tuple(indices)))
+        return runner.run(window, lambda plan, progress: model.sample(window, plan, progress, **sample_kwargs))

@@ -204,16 +204,16 @@ class Reporter:
 
 
 ScaleOpt = Annotated[int, typer.Option("--scale", "-s", help="Upscaling factor: 2, 3 or 4. The output is exactly scale x input size.")]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="sd-x4 (default, stabilityai/stable-diffusion-x4-upscaler), a Hub repo id, a local diffusers folder, or lanczos (non-neural preview).", rich_help_panel=MODEL)]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="sd-x4 (default, stabilityai/stable-diffusion-x4-upscaler), stablevsr (claudiom4sir/StableVSR), a Hub repo id, a local diffusers folder, or lanczos (non-neural preview).", rich_help_panel=MODEL)]
 RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision to pin (branch, tag or commit).", rich_help_panel=MODEL)]
 DeviceOpt = Annotated[str, typer.Option(help="auto|cpu|cuda|cuda:N|mps.", rich_help_panel=MODEL)]
 DtypeOpt = Annotated[str, typer.Option(help="auto|fp32|fp16|bf16 (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU).", rich_help_panel=MODEL)]
-StepsOpt = Annotated[int, typer.Option(help="Denoising steps.", rich_help_panel=SAMPLER)]
-GuidanceOpt = Annotated[float, typer.Option(help="Classifier-free guidance scale; <= 1 disables it and halves the cost.", rich_help_panel=SAMPLER)]
-PromptOpt = Annotated[str, typer.Option(help="Text prompt.", rich_help_panel=SAMPLER)]
-NegOpt = Annotated[str, typer.Option(help="Negative prompt (used when --guidance > 1).", rich_help_panel=SAMPLER)]
-NoiseOpt = Annotated[int, typer.Option(help="Noise augmentation of the low-resolution input, 0..350.", rich_help_panel=SAMPLER)]
-SchedOpt = Annotated[str, typer.Option(help=f"Scheduler: {', '.join(SCHEDULERS)}.", rich_help_panel=SAMPLER)]
+StepsOpt = Annotated[Optional[int], typer.Option(help="Denoising steps [default: the model's; sd-x4 30, stablevsr 50].", rich_help_panel=SAMPLER)]
+GuidanceOpt = Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale; <= 1 disables it and halves the cost [sd-x4: 6.0; not for stablevsr].", rich_help_panel=SAMPLER)]
+PromptOpt = Annotated[Optional[str], typer.Option(help="Text prompt [sd-x4: \"best quality, extremely detailed\"; not for stablevsr].", rich_help_panel=SAMPLER)]
+NegOpt = Annotated[Optional[str], typer.Option(help="Negative prompt, used when --guidance > 1 [sd-x4: \"blur, worst quality\"].", rich_help_panel=SAMPLER)]
+NoiseOpt = Annotated[Optional[int], typer.Option(help="Noise augmentation of the low-resolution input, 0..350 [sd-x4: 20; not for stablevsr].", rich_help_panel=SAMPLER)]
+SchedOpt = Annotated[Optional[str], typer.Option(help=f"Scheduler: {', '.join(SCHEDULERS)} [sd-x4: ddim; stablevsr: ddpm only].", rich_help_panel=SAMPLER)]
 SeedOpt = Annotated[int, typer.Option(help="Seed; frame i uses seed + i.", rich_help_panel=SAMPLER)]
 TileOpt = Annotated[str, typer.Option(help="Latent tile size: auto (from free memory), 0 (no tiling) or a size in latent pixels.", rich_help_panel=SAMPLER)]
 OverlapOpt = Annotated[int, typer.Option(help="Overlap of neighbouring tiles, latent pixels.", rich_help_panel=SAMPLER)]
@@ -221,9 +221,9 @@ BatchOpt = Annotated[Optional[int], typer.Option(help="Tiles per UNet call (defa
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet and the VAE decoder: the first clip waits while it compiles (minutes); needs a C++ compiler on the CPU.", rich_help_panel=MODEL)]
 ColorOpt = Annotated[str, typer.Option(help=f"Match colours to the input: {', '.join(COLOR_FIXES)}.", rich_help_panel=TEMPORAL)]
 FlowOpt = Annotated[str, typer.Option(help="Optical flow: dis (OpenCV) or raft (needs torchvision).", rich_help_panel=TEMPORAL)]
-MotionOpt = Annotated[float, typer.Option(help="Motion guidance strength 0..1: the fraction of frame-to-frame flicker each guided step removes; 0 disables.", rich_help_panel=TEMPORAL)]
-WindowOpt = Annotated[str, typer.Option(help="Steps where motion guidance acts, as fractions of the schedule START:END.", rich_help_panel=TEMPORAL)]
-PropOpt = Annotated[str, typer.Option(help="Loop indices where latents are propagated along the flow, e.g. 24,26,28 (none by default).", rich_help_panel=TEMPORAL)]
+MotionOpt = Annotated[Optional[float], typer.Option(help="Motion guidance strength 0..1: the fraction of frame-to-frame flicker each guided step removes; 0 disables [sd-x4: 0.5; not for stablevsr].", rich_help_panel=TEMPORAL)]
+WindowOpt = Annotated[Optional[str], typer.Option(help="Steps where motion guidance acts, as fractions of the schedule START:END [sd-x4: 0.0:0.9].", rich_help_panel=TEMPORAL)]
+PropOpt = Annotated[Optional[str], typer.Option(help="Loop indices where latents are propagated along the flow, e.g. 24,26,28 [sd-x4: none].", rich_help_panel=TEMPORAL)]
 ClipLenOpt = Annotated[int, typer.Option(help="Frames sampled together.", rich_help_panel=TEMPORAL)]
 ClipOverlapOpt = Annotated[int, typer.Option(help="Frames shared and cross-faded by neighbouring clips.", rich_help_panel=TEMPORAL)]
 SceneOpt = Annotated[float, typer.Option(help="Scene-cut threshold 0..1 (how much both layout and colours change between frames); 0 disables.", rich_help_panel=TEMPORAL)]
@@ -241,20 +241,21 @@ def job_config(o: dict) -> UpscaleConfig:
         raise typer.BadParameter("--overwrite and --skip-existing contradict each other", param_hint="--skip-existing")
     for name, allowed in (("audio", AUDIO_MODES), ("deinterlace", DEINTERLACE_MODES), ("dtype", DTYPES),
                           ("scheduler", SCHEDULERS), ("color_fix", COLOR_FIXES), ("flow", FLOW_METHODS)):
-        if name in o:
+        if o.get(name) is not None:
             choice(o[name], allowed, "--" + name.replace("_", "-"))
-    if not 0 <= o["noise_level"] <= 350:
+    if o["noise_level"] is not None and not 0 <= o["noise_level"] <= 350:
         raise typer.BadParameter(f"{o['noise_level']} is outside 0..350", param_hint="--noise-level")
     if o["clip_len"] < 1 or not 0 <= o["clip_overlap"] < o["clip_len"]:
         raise typer.BadParameter("need --clip-len >= 1 and 0 <= --clip-overlap < --clip-len", param_hint="--clip-overlap")
-    if o["steps"] < 1:
+    if o["steps"] is not None and o["steps"] < 1:
         raise typer.BadParameter("need at least 1 step", param_hint="--steps")
-    if not 0 <= o["motion_guidance"] <= 1:
+    if o["motion_guidance"] is not None and not 0 <= o["motion_guidance"] <= 1:
         raise typer.BadParameter("motion guidance strength is a fraction, 0..1", param_hint="--motion-guidance")
     window = parse_span(o["guidance_window"], "--guidance-window", float)
-    if window[1] is None or window[1] > 1:
+    if window is not None and (window[1] is None or window[1] > 1):
         raise typer.BadParameter("expected fractions 0 <= START < END <= 1", param_hint="--guidance-window")
-    sample = {**o, "tile": parse_tile(o["tile"]), "propagation_steps": parse_steps(o["propagation_steps"]), "guidance_window": window}
+    steps = parse_steps(o["propagation_steps"]) if o["propagation_steps"] is not None else None
+    sample = {**o, "tile": parse_tile(o["tile"]), "propagation_steps": steps, "guidance_window": window}
     encode = {f.name: o[f.name] for f in fields(EncodeConfig) if f.name in o}
     top = {f.name: o[f.name] for f in fields(UpscaleConfig) if f.name in o and f.name not in ("frames", "encode", "sample")}
     return UpscaleConfig(
@@ -286,12 +287,12 @@ def upscale(
     skip_existing: SkipOpt = False,
     quiet: QuietOpt = False,
     log_json: JsonLogOpt = False,
-    steps: StepsOpt = S.steps,
-    guidance: GuidanceOpt = S.guidance,
-    prompt: PromptOpt = S.prompt,
-    negative_prompt: NegOpt = S.negative_prompt,
-    noise_level: NoiseOpt = S.noise_level,
-    scheduler: SchedOpt = S.scheduler,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    prompt: PromptOpt = None,
+    negative_prompt: NegOpt = None,
+    noise_level: NoiseOpt = None,
+    scheduler: SchedOpt = None,
     seed: SeedOpt = S.seed,
     tile: TileOpt = "auto",
     tile_overlap: OverlapOpt = S.tile_overlap,
@@ -299,9 +300,9 @@ def upscale(
     compile: CompileOpt = False,
     color_fix: ColorOpt = S.color_fix,
     flow: FlowOpt = S.flow,
-    motion_guidance: MotionOpt = S.motion_guidance,
-    guidance_window: WindowOpt = f"{S.guidance_window[0]}:{S.guidance_window[1]}",
-    propagation_steps: PropOpt = "",
+    motion_guidance: MotionOpt = None,
+    guidance_window: WindowOpt = None,
+    propagation_steps: PropOpt = None,
     clip_len: ClipLenOpt = S.clip_len,
     clip_overlap: ClipOverlapOpt = S.clip_overlap,
     scene_threshold: SceneOpt = S.scene_threshold,
@@ -332,12 +333,12 @@ def frames_command(
     skip_existing: SkipOpt = False,
     quiet: QuietOpt = False,
     log_json: JsonLogOpt = False,
-    steps: StepsOpt = S.steps,
-    guidance: GuidanceOpt = S.guidance,
-    prompt: PromptOpt = S.prompt,
-    negative_prompt: NegOpt = S.negative_prompt,
-    noise_level: NoiseOpt = S.noise_level,
-    scheduler: SchedOpt = S.scheduler,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    prompt: PromptOpt = None,
+    negative_prompt: NegOpt = None,
+    noise_level: NoiseOpt = None,
+    scheduler: SchedOpt = None,
     seed: SeedOpt = S.seed,
     tile: TileOpt = "auto",
     tile_overlap: OverlapOpt = S.tile_overlap,
@@ -345,9 +346,9 @@ def frames_command(
     compile: CompileOpt = False,
     color_fix: ColorOpt = S.color_fix,
     flow: FlowOpt = S.flow,
-    motion_guidance: MotionOpt = S.motion_guidance,
-    guidance_window: WindowOpt = f"{S.guidance_window[0]}:{S.guidance_window[1]}",
-    propagation_steps: PropOpt = "",
+    motion_guidance: MotionOpt = None,
+    guidance_window: WindowOpt = None,
+    propagation_steps: PropOpt = None,
     clip_len: ClipLenOpt = S.clip_len,
     clip_overlap: ClipOverlapOpt = S.clip_overlap,
     scene_threshold: SceneOpt = S.scene_threshold,
@@ -396,15 +397,17 @@ def probe(
 
 @app.command(epilog=EXIT_CODES_HELP)
 def download(
-    model: Annotated[str, typer.Argument(help="Model to prefetch into the Hugging Face cache (short name or repo id).")] = D.model,
+    model: Annotated[str, typer.Argument(help="Model to prefetch into the Hugging Face cache (sd-x4, stablevsr, or a repo id).")] = D.model,
     revision: RevisionOpt = None,
 ) -> None:
     """Fetch a model's weights now, for machines that will run offline (honours HF_HOME, HF_HUB_CACHE, HF_TOKEN)."""
     from vsrup.models.hub import download as fetch
+    from vsrup.models.registry import repo_for
 
     report = Reporter()
     with reporting(report):
-        path = fetch(model, revision, report)
+        repo, choice = repo_for(model)
+        path = fetch(repo, choice.module.FILES, revision, report)
     print(path)
 
 

@@ -110,6 +110,21 @@ def plan(frames: Iterable[Indexed], clip_len: int, overlap: int, scene_threshold
         yield Clip(tuple(window))
 
 
+def restarts(frames: Iterable[Indexed], every: int | None, scene_threshold: float) -> Iterator[tuple[Indexed, bool]]:
+    """Each frame with whether a sequential model's state restarts there: the first frame, each cut
+    (as ``plan`` finds them: a scene cut or a change of frame size), and every ``every`` frames of a
+    shot counted from its first frame (None: only at cuts). A pure function of the frames, like the plan."""
+    prev_sig, prev_shape, since = None, None, 0
+    for frame in frames:
+        sig = signature(frame.image) if scene_threshold > 0 else None
+        cut = prev_shape is None or frame.image.shape != prev_shape or (
+            scene_threshold > 0 and score(prev_sig, sig) > scene_threshold
+        )
+        since = 0 if cut else since + 1
+        yield frame, cut or (every is not None and since % every == 0)
+        prev_sig, prev_shape = sig, frame.image.shape
+
+
 class CrossFade:
     """Blend the results of consecutive clips; hands out each output frame exactly once, in order.
 

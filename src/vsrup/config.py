@@ -32,29 +32,32 @@ class EncodeConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """The diffusion sampler, its tiles and its temporal mechanisms (ignored by `lanczos`)."""
+    """The diffusion sampler, its tiles and its temporal mechanisms (ignored by `lanczos`).
 
-    # Sampler. Upscale-A-Video, the published video system on this backbone, samples the x4 upscaler
-    # with 30 DDIM steps, CFG 6 and its two prompts; we start from its settings.
-    steps: int = 30
-    guidance: float = 6.0  # classifier-free guidance scale; <= 1 disables it and halves the UNet cost
-    prompt: str = "best quality, extremely detailed"  # Upscale-A-Video's a_prompt
-    negative_prompt: str = "blur, worst quality"  # Upscale-A-Video's n_prompt
-    noise_level: int = 20  # low-res noise augmentation 0..350; 20 is diffusers' and the model card's default
-    scheduler: str = "ddim"  # the model's own scheduler (scheduler_config.json of the Hub repo)
+    None means "the model's default": each family fills in its own (models/sd_x4.py, models/stablevsr.py
+    ``DEFAULTS``) and refuses, with a usage error, options it has no use for when they are set.
+    """
+
+    # Sampler.
+    steps: int | None = None  # sd-x4: 30 (Upscale-A-Video's); stablevsr: 50 (as published)
+    guidance: float | None = None  # classifier-free guidance scale; <= 1 disables it. sd-x4: 6.0; stablevsr has none
+    prompt: str | None = None  # sd-x4: Upscale-A-Video's "best quality, extremely detailed"; stablevsr: the empty prompt, fixed
+    negative_prompt: str | None = None  # sd-x4: Upscale-A-Video's "blur, worst quality"
+    noise_level: int | None = None  # low-res noise augmentation 0..350; sd-x4: 20 (diffusers' and the model card's)
+    scheduler: str | None = None  # sd-x4: ddim (the repo's own); stablevsr: ddpm (as published)
     seed: int = 0  # frame i draws its noise from torch.Generator().manual_seed(seed + i)
 
-    # Tiles (latent pixels; for the x4 model the latent grid is the low-resolution grid).
+    # Tiles (latent pixels; for the x4 models the latent grid is the low-resolution grid).
     tile: int | None = None  # None = auto from free memory (128, the training size, when it fits); 0 = no tiling
     tile_overlap: int = 32  # 25% of a 128 tile: seams blend out at 1.8x the untiled cost (50% would be 4x)
     batch: int | None = None  # tiles per UNet call; None = from free memory
-    compile: bool = False  # torch.compile the UNet and the VAE decoder; off: the first clip waits minutes for it, and no GPU has measured the gain yet
+    compile: bool = False  # torch.compile the networks; off: the first clip waits minutes for it, and no GPU has measured the gain yet
 
     # Temporal consistency.
     flow: str = "dis"  # dis (OpenCV, no weights) | raft (torchvision, optional)
-    motion_guidance: float = 0.5  # fraction of frame-to-frame flicker removed per guided step (0 disables); halves the warping error (bench_temporal)
-    guidance_window: tuple[float, float] = (0.0, 0.9)  # fractions of the schedule where motion guidance acts; the last tenth is left to the model's own detail (a choice, not a measurement)
-    propagation_steps: tuple[int, ...] = ()  # loop indices where latents are propagated along the flow (UAV)
+    motion_guidance: float | None = None  # sd-x4: 0.5, the fraction of frame-to-frame flicker removed per guided step (0 disables)
+    guidance_window: tuple[float, float] | None = None  # sd-x4: (0.0, 0.9), the fractions of the schedule where motion guidance acts
+    propagation_steps: tuple[int, ...] | None = None  # sd-x4: (), loop indices where latents are propagated along the flow (UAV)
     clip_len: int = 8  # frames sampled together; Upscale-A-Video's temporal window
     clip_overlap: int = 2  # frames shared (and cross-faded) by neighbouring clips; UAV's window stride is 6 of 8
     scene_threshold: float = 0.3  # a new shot where clips.cut_score exceeds this; 0 disables. Real clips score < 0.01; a film countdown 0.27-0.40 as its digit flips
@@ -66,7 +69,7 @@ class UpscaleConfig:
     """One `vsrup upscale` or `vsrup frames` job."""
 
     scale: int = 4  # 2, 3 or 4; the output is exactly scale x the input size
-    model: str = "sd-x4"  # short name, Hub repo id, or a local diffusers folder; `lanczos` is the non-neural preview
+    model: str = "sd-x4"  # short name (sd-x4, stablevsr, lanczos), Hub repo id, or a local folder
     revision: str | None = None  # Hub revision to pin (branch, tag or commit)
     device: str = "auto"  # auto|cpu|cuda|cuda:N|mps
     dtype: str = "auto"  # auto: bf16 on CUDA where supported, else fp16; fp32 on CPU

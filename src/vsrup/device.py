@@ -1,4 +1,4 @@
-"""Where the model runs and in which precision, and how long a CPU job will take.
+"""Where the model runs and in which precision.
 
 ``--device auto`` picks CUDA, then MPS, then the CPU. ``--dtype auto`` picks bf16 on CUDA devices that
 support it, fp16 on other accelerators and fp32 on the CPU. The VAE decodes fp16 jobs in fp32: the
@@ -15,11 +15,6 @@ import torch
 from vsrup.errors import UsageError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-# FLOP of one VAE decode per latent pixel over one UNet evaluation per latent pixel (perf.md §3: 155 / 69.3
-# MFLOP). The decoder's quadratic mid-block attention is left out: it is tiled for large frames.
-VAE_DECODE_IN_UNET_EVALS = 155.0 / 69.3
-
 
 def resolve_device(name: str) -> torch.device:
     """``auto|cpu|cuda|cuda:N|mps`` -> a torch device that exists on this machine (UsageError otherwise)."""
@@ -64,16 +59,3 @@ def vae_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def is_half(dtype: torch.dtype) -> bool:
     return dtype in (torch.float16, torch.bfloat16)
-
-
-def job_seconds(
-    unet_seconds_per_latent_px: float, n_frames: int, height: int, width: int, steps: int, guided: bool
-) -> float:
-    """Seconds for ``n_frames`` low-resolution frames of ``height`` x ``width`` (= latent pixels for x4).
-
-    Per frame: ``steps`` UNet evaluations (x2 with classifier-free guidance) plus one VAE decode counted
-    as ``VAE_DECODE_IN_UNET_EVALS`` evaluations, each costing the measured seconds per latent pixel times
-    the frame's latent pixels. Linear in pixels: it ignores attention's quadratic part and tiling overlap.
-    """
-    evals_per_frame = steps * (2 if guided else 1) + VAE_DECODE_IN_UNET_EVALS
-    return unet_seconds_per_latent_px * n_frames * height * width * evals_per_frame

@@ -96,6 +96,17 @@ def warp(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.T
     return out.to(x.dtype)
 
 
+def upscale_flow(flow: torch.Tensor, factor: int) -> torch.Tensor:
+    """A flow on a grid ``factor`` times finer: (N, 2, h, w) -> (N, 2, f*h, f*w), in the fine grid's pixels.
+
+    Fine pixel j sits at coarse coordinate (j + 0.5) / f - 0.5 (pixel centres at half-integers of
+    the frame's extent, as bicubic upscaling and every resize in vsrup place them), which is what
+    bilinear interpolation with align_corners=False samples; the vectors scale by f.
+    """
+    fine = F.interpolate(flow.float(), scale_factor=factor, mode="bilinear", align_corners=False)  # (N, 2, f*h, f*w)
+    return fine * factor
+
+
 def leaves_frame(flow: torch.Tensor) -> torch.Tensor:
     """(N, 2, h, w) -> (N, 1, h, w) bool: the flow's target lies outside the frame's extent."""
     _, _, h, w = flow.shape

@@ -1,10 +1,14 @@
 """Memory planning (UNet tile and batch, VAE tile, from free memory) and the CUDA OOM retry policy.
 
-Cost model (per model call, activations only; the weights are already resident, so call
-``free_memory`` after the models are on the device), affine in the tile's latent pixels P:
-  UNet   (UNET_FIXED + batch * P * UNET_BYTES_PER_PX) * dtype_bytes / 4
-  VAE    VAE_FIXED + P * VAE_BYTES_PER_PX + VAE_ATTENTION_BYTES * P^2     decoder in fp32, one tile per call
-The constants are measured peaks (VmHWM over the run) of the real-config x4 UNet and VAE decoder,
+Each model describes its device calls with a ``Cost``; the pipeline asks ``Planner`` for the plan of
+each window shape, and runs the window under ``Planner.run``, which retries it with a smaller plan on
+CUDA out-of-memory. Nothing here knows a model.
+
+Cost model (per model call, activations only; the weights are already resident, so plans are made
+after the models are on the device), affine in the tile's latent pixels P:
+  UNet   (unet_fixed + batch * P * unet_per_px) * dtype_bytes / 4
+  VAE    vae_fixed + P * vae_per_px + vae_attention * P^2     decoder in fp32, one tile per call
+The x4 constants are measured peaks (VmHWM over the run) of the real-config x4 UNet and VAE decoder,
 random weights, fp32, CPU, at 32^2, 48^2 and 64^2 latents (benchmarks/bench_tiles.py --calibrate):
 UNet 89 / 108 / 124 MiB, VAE 101 / 148 / 272 MiB; the constants below bound all three. The
 quadratic term is the mid-block attention's P x P fp32 scores and probabilities, which CPU
@@ -16,7 +20,8 @@ GPU in this session). The plan spends SAFETY of the free memory less RESERVE, an
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
@@ -24,12 +29,8 @@ from typing import TypeVar
 import torch
 
 from vsrup.errors import VsrupError
+from vsrup.events import Emit, Event, ignore
 
-UNET_FIXED = 96 * 2**20  # fp32 bytes per call whatever the tile (fit intercept ~77 MiB)
-UNET_BYTES_PER_PX = 16_000  # fp32 bytes per latent px per tile (fit slope ~12 KB/px)
-VAE_FIXED = 64 * 2**20  # fp32 bytes per decode call
-VAE_BYTES_PER_PX = 40_000  # fp32 bytes per latent px of the decoded tile
-VAE_ATTENTION_BYTES = 8  # per (latent px)^2: fp32 scores + probabilities, single head
 SAFETY = 0.8  # fraction of free memory a plan may use: allocator fragmentation, cuDNN workspaces
 RESERVE = 512 * 2**20  # bytes kept free besides: the frame buffers, CUDA context growth
 TILES = (128, 96, 64, 48, 32)  # auto tile candidates, latent px; 128 is the training size
@@ -39,6 +40,35 @@ MAX_BATCH = 16  # tiles per UNet call: 16 of 128^2 are ~18 TFLOP, ~50 ms on an H
 # 12 GB budget (docs/benchmarks.md; bench_networks --batch 16 / 64 on a GPU is the check)
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A model's device calls, as the memory plan sees them (activation bytes; see the module notes).
+
+    The defaults are the measured x4 UNet and VAE decoder (fp32 bytes).
+    """
+
+    dtype_bytes: int  # bytes per element of the UNet's activations (2 for fp16/bf16)
+    rows_per_frame: int = 1  # UNet batch rows per frame and step: 2 with classifier-free guidance
+    frames_together: bool = True  # a window's frames share UNet calls (else one frame per call)
+    unet_fixed: int = 96 * 2**20  # fp32 bytes per UNet call whatever the tile (fit intercept ~77 MiB)
+    unet_per_px: int = 16_000  # fp32 bytes per latent px per tile (fit slope ~12 KB/px)
+    vae_fixed: int = 64 * 2**20  # fp32 bytes per decode call
+    vae_per_px: int = 40_000  # fp32 bytes per latent px of the decoded tile
+    vae_attention: int = 8  # per (latent px)^2: fp32 scores + probabilities, single head
+
+    def unet_bytes(self, pixels: int, batch: int) -> int:
+        """Peak activation bytes of one UNet call on ``batch`` tiles of ``pixels`` latent px."""
+        return (self.unet_fixed + batch * pixels * self.unet_per_px) * self.dtype_bytes // 4
+
+    def vae_bytes(self, pixels: int) -> int:
+        """Peak activation bytes of one fp32 VAE decode of a tile of ``pixels`` latent px."""
+        return self.vae_fixed + pixels * self.vae_per_px + self.vae_attention * pixels**2
+
+    def rows(self, t_frames: int) -> int:
+        """UNet batch rows of one step of a window of ``t_frames`` frames."""
+        return self.rows_per_frame * (t_frames if self.frames_together else 1)
 
 
 class OutOfMemory(VsrupError):
@@ -74,28 +104,18 @@ def free_memory(device: torch.device) -> int:
     return available
 
 
-def unet_bytes(pixels: int, batch: int, dtype_bytes: int) -> int:
-    """Peak activation bytes of one UNet call on ``batch`` tiles of ``pixels`` latent px."""
-    return (UNET_FIXED + batch * pixels * UNET_BYTES_PER_PX) * dtype_bytes // 4
-
-
-def vae_bytes(pixels: int) -> int:
-    """Peak activation bytes of one fp32 VAE decode of a tile of ``pixels`` latent px."""
-    return VAE_FIXED + pixels * VAE_BYTES_PER_PX + VAE_ATTENTION_BYTES * pixels**2
-
-
 def plan_memory(
     free_bytes: int,
     h: int,
     w: int,
+    cost: Cost,
     *,
     samples: int,
     tile: int | None,
     overlap: int,
     batch: int | None,
-    dtype_bytes: int,
 ) -> MemoryPlan:
-    """Tile and batch for a (h, w) latent: ``samples`` per UNet step (frames, times 2 with CFG).
+    """Tile and batch for a (h, w) latent: ``samples`` UNet rows per step (frames, times 2 with CFG).
 
     tile None = auto (the first of TILES that fits, so 128 whenever it fits), 0 = untiled, else
     fixed; batch None = as many tiles per call as fit, at most every tile of a step and MAX_BATCH.
@@ -105,14 +125,14 @@ def plan_memory(
     budget = max(0, int(free_bytes * SAFETY) - RESERVE)
     area = lambda t: min(t, h) * min(t, w) if t else h * w  # noqa: E731  latent px of one tile
     if tile is None:
-        tile = next((t for t in TILES if unet_bytes(area(t), 1, dtype_bytes) <= budget), TILE_FLOOR)
+        tile = next((t for t in TILES if cost.unet_bytes(area(t), 1) <= budget), TILE_FLOOR)
     unet_overlap = overlap if overlap < tile or tile == 0 else tile // 4
     if batch is None:
         per_step = samples * (len(spans(h, tile, unet_overlap)) * len(spans(w, tile, unet_overlap)) if tile else 1)
-        per_tile = unet_bytes(area(tile), 2, dtype_bytes) - unet_bytes(area(tile), 1, dtype_bytes)
-        fits = (budget - unet_bytes(0, 0, dtype_bytes)) // per_tile
+        per_tile = cost.unet_bytes(area(tile), 2) - cost.unet_bytes(area(tile), 1)
+        fits = (budget - cost.unet_bytes(0, 0)) // per_tile
         batch = max(1, min(fits, per_step, MAX_BATCH))
-    vae_tile = next((t for t in TILES if vae_bytes(area(t)) <= budget), TILE_FLOOR)
+    vae_tile = next((t for t in TILES if cost.vae_bytes(area(t)) <= budget), TILE_FLOOR)
     vae_overlap = min(overlap, vae_tile // 4)  # VAE errors are spread, not at edges (docs/tiling.md): 25% suffices
     return MemoryPlan((h, w), tile, unet_overlap, batch, vae_tile, vae_overlap)
 
@@ -139,6 +159,26 @@ def shrink(plan: MemoryPlan, stage: str) -> MemoryPlan | None:
     raise ValueError(f"unknown stage {stage!r}; expected 'unet' or 'vae'")
 
 
+class StageOutOfMemory(Exception):
+    """CUDA ran out of memory inside ``stage`` ("unet" or "vae"): which part of the plan to shrink."""
+
+    def __init__(self, stage: str):
+        super().__init__(stage)
+        self.stage = stage
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Mark the calls of one stage, so an OOM inside them shrinks that stage's part of the plan.
+
+    A model wraps its VAE decodes in ``stage("vae")``; an OOM outside any stage counts as the UNet's.
+    """
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        raise StageOutOfMemory(name) from None
+
+
 def release_cached_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -146,10 +186,10 @@ def release_cached_memory() -> None:
 
 
 class OomRetry:
-    """Runs clip-level callables under the current plan; on CUDA OOM shrinks the plan and retries.
+    """Runs window-level callables under the current plan; on CUDA OOM shrinks the plan and retries.
 
-    The shrunk plan is kept for the rest of the job (``self.plan``), so later clips do not fail
-    again first. ``fn(plan)`` must start from its inputs each time (same clip, same seeds): a retry
+    The shrunk plan is kept for the rest of the job (``self.plan``), so later windows do not fail
+    again first. ``fn(plan)`` must start from its inputs each time (same window, same seeds): a retry
     reproduces what a first run at the smaller plan would give.
     """
 
@@ -157,18 +197,42 @@ class OomRetry:
         self.plan = plan
         self.on_shrink = on_shrink
 
-    def run(self, fn: Callable[[MemoryPlan], T], stage: str = "unet") -> T:
+    def run(self, fn: Callable[[MemoryPlan], T]) -> T:
         while True:
             try:
                 return fn(self.plan)
+            except StageOutOfMemory as error:
+                where = error.stage
             except torch.cuda.OutOfMemoryError:
-                pass  # recover below, outside the handler: its traceback would keep the failed call's tensors alive
+                where = "unet"
+            # Recover here, outside the handlers: their tracebacks would keep the failed call's tensors alive.
             release_cached_memory()
-            smaller = shrink(self.plan, stage)
+            smaller = shrink(self.plan, where)
             if smaller is None:
                 raise OutOfMemory(
-                    f"out of GPU memory even at the smallest {stage} tile ({self.plan.describe()}); "
+                    f"out of GPU memory even at the smallest {where} tile ({self.plan.describe()}); "
                     "close other GPU programs, lower --clip-len, or run with --device cpu"
                 )
             self.plan = smaller
-            self.on_shrink(f"out of GPU memory in the {stage}; retrying the clip with {smaller.describe()}")
+            self.on_shrink(f"out of GPU memory in the {where}; retrying with {smaller.describe()}")
+
+
+class Planner:
+    """The memory plans of one job: one per window shape (frames, latent h, w), made once and logged."""
+
+    def __init__(self, cost: Cost, device: torch.device, tile: int | None, overlap: int, batch: int | None, emit: Emit = ignore):
+        self.cost, self.device, self.emit = cost, device, emit
+        self.tile, self.overlap, self.batch = tile, overlap, batch
+        self.retries: dict[tuple[int, int, int], OomRetry] = {}
+
+    def run(self, fn: Callable[[MemoryPlan], T], t_frames: int, h: int, w: int) -> T:
+        """``fn(plan)`` under the plan for this window shape, retried smaller on CUDA out-of-memory."""
+        key = (t_frames, h, w)
+        if key not in self.retries:
+            plan = plan_memory(
+                free_memory(self.device), h, w, self.cost, samples=self.cost.rows(t_frames),
+                tile=self.tile, overlap=self.overlap, batch=self.batch,
+            )
+            self.emit(Event("info", message=f"memory plan for {t_frames} frame(s) of {w}x{h}: {plan.describe()}"))
+            self.retries[key] = OomRetry(plan, on_shrink=lambda message: self.emit(Event("warning", message=message)))
+        return self.retries[key].run(fn)

@@ -1,8 +1,10 @@
-"""The one orchestrator: decode -> clips -> upscaler -> cross-fade -> encode, for videos and image folders.
+"""The one orchestrator: decode -> clips -> model -> cross-fade -> encode, for videos and image folders.
 
-``upscale()`` runs a batch of videos, ``upscale_folder()`` an image sequence. Both go through
-``upscale_frames()``, the streaming core: memory holds one clip of input frames and one clip of
-outputs, whatever the length of the video.
+``upscale()`` runs a batch of videos, ``upscale_folder()`` an image sequence. Both resolve ``--model``
+once (``models.registry``), settle the family's sampler options before anything loads, and go
+through ``upscale_frames()``, the streaming core: memory holds one clip of input frames and one clip
+of outputs, whatever the length of the video. The model contract is in ``models/__init__.py``;
+``runner.py`` runs the model on each window (flow, memory plan, colour fix, CPU estimate).
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from vsrup.clips import CrossFade, Indexed, plan
+from vsrup.clips import CrossFade, Indexed, plan, restarts
 from vsrup.config import UpscaleConfig
 from vsrup.errors import EXIT_RUNTIME, InputDataError, Interrupted, UsageError, VsrupError
 from vsrup.events import Emit, Event, ignore
+from vsrup.models import Model, Window
+from vsrup.models.registry import Choice, choose
 from vsrup.outputs import atomic_output, check_output
 from vsrup.resize import lanczos_resize
+from vsrup.runner import Flows, ModelRunner
 from vsrup.threads import Ahead, Behind
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".m2ts", ".mts", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
@@ -70,7 +75,8 @@ def plan_jobs(inputs: Sequence[Path], output: Path, fmt: str | None = None) -> l
 def upscale(inputs: Sequence[Path], output: Path, config: UpscaleConfig, *, fmt: str | None = None, emit: Emit = ignore) -> list[Result]:
     """Upscale every input; each is attempted, failures are reported in the results, not raised."""
     jobs = plan_jobs([Path(p) for p in inputs], Path(output), fmt)
-    model = LazyUpscaler(config, emit)
+    choice, config = settle(config)
+    model = LazyModel(choice, config, emit)
     results = []
     for job in jobs:
         if job.target.exists() and config.skip_existing:
@@ -100,21 +106,30 @@ def run_job(work: Callable[[], int], job: Job, emit: Emit) -> Result:
     return Result(job, "done", frames, seconds)
 
 
-class LazyUpscaler:
+def settle(config: UpscaleConfig) -> tuple[Choice, UpscaleConfig]:
+    """Resolve ``--model`` once and fill in its family's sampler defaults: option errors before anything loads."""
+    choice = choose(config.model)
+    config = choice.settle(config)
+    if config.sample.flow != "dis":
+        from vsrup.flow import require
+
+        require(config.sample.flow)
+    return choice, config
+
+
+class LazyModel:
     """Loads the model on first use, once per batch, after the first input has been checked."""
 
-    def __init__(self, config: UpscaleConfig, emit: Emit):
-        self.config, self.emit, self.model = config, emit, None
+    def __init__(self, choice: Choice, config: UpscaleConfig, emit: Emit):
+        self.choice, self.config, self.emit, self.model = choice, config, emit, None
 
-    def get(self):
+    def get(self) -> Model:
         if self.model is None:
-            from vsrup.models import load_upscaler
-
-            self.model = load_upscaler(self.config, self.emit)
+            self.model = self.choice.load(self.config, self.emit)
         return self.model
 
 
-def upscale_video(job: Job, model: LazyUpscaler, config: UpscaleConfig, emit: Emit) -> int:
+def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit) -> int:
     from vsrup.media.decode import decode_frames
     from vsrup.media.encode import VideoWriter
     from vsrup.media.probe import probe
@@ -134,14 +149,11 @@ def upscale_video(job: Job, model: LazyUpscaler, config: UpscaleConfig, emit: Em
         with VideoWriter(partial, info, config.encode, (width, height), trim=config.frames is not None, emit=emit) as writer:
             # 4. Load the model (once per batch), then stream: decode -> clips -> upscale -> blend -> encode.
             upscaler = model.get()
-            expect = getattr(upscaler, "expect", None)  # diffusion models warn of long CPU jobs, once
-            if expect is not None:
-                expect(total or 1, info.video.height, info.video.width)
             # Decoding runs a clip ahead and encoding a clip behind, each in its own thread.
             frames = decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit)
             depth = config.sample.clip_len
             with Ahead(frames, depth, "vsrup-decode") as decoded, Behind(writer.write, depth, "vsrup-encode") as encode:
-                for frame, image in upscale_frames(decoded, upscaler, config, in_span(first, stop), stop):
+                for frame, image in upscale_frames(decoded, upscaler, config, in_span(first, stop), stop, total=total, emit=emit):
                     encode.submit(image, frame.pts)
                     written += 1
                     emit(Event("progress", path=path, done=written, total=total))
@@ -168,13 +180,31 @@ def in_span(first: int, stop: int | None) -> Callable[[int], bool]:
 
 
 def upscale_frames(
-    frames: Iterable[Indexed], upscaler, config: UpscaleConfig, wanted: Callable[[int], bool], stop: int | None = None
+    frames: Iterable[Indexed],
+    model: Model,
+    config: UpscaleConfig,
+    wanted: Callable[[int], bool],
+    stop: int | None = None,
+    *,
+    total: int | None = None,
+    emit: Emit = ignore,
 ) -> Iterator[tuple[Indexed, np.ndarray]]:
     """The streaming core: yield (input frame, output image (H, W, 3) float32) for every wanted frame, in order.
 
     A clip is sampled only if it holds a wanted frame; every frame's result depends only on the
-    clips that contain it, so a partial run gives the frames of a whole run exactly.
+    clips that contain it, so a partial run gives the frames of a whole run exactly. ``total``
+    (frames of the job, when known) is for the CPU time estimate.
     """
+    runner = ModelRunner(model, config, total, emit)
+    with Flows(model, config.sample.flow) as flows:
+        if model.info.kind == "sequential":
+            yield from stream_sequence(frames, model, runner, flows, config, wanted, stop)
+        else:
+            yield from stream_clips(frames, model, runner, flows, config, wanted, stop)
+
+
+def stream_clips(frames, model, runner: ModelRunner, flows: Flows, config: UpscaleConfig, wanted, stop):
+    """Clip models: overlapping clips, sampled whole, cross-faded; the next clip's flow estimated ahead."""
     s = config.sample
     fade = CrossFade(s.clip_overlap)
     pending: dict[int, Indexed] = {}
@@ -192,27 +222,51 @@ def upscale_frames(
             if any(wanted(i) for i in clip.indices):
                 yield clip
 
-    prefetch = getattr(upscaler, "prefetch", None)  # temporal models estimate flow one clip ahead
     clips = needed()
     clip = next(clips, None)
     while clip is not None:
         following = next(clips, None)
-        if following is not None and prefetch is not None:
-            prefetch(following.images(), following.indices)
+        if following is not None:
+            flows.prefetch(following.images(), tuple(following.indices))
         pending.update((f.index, f) for f in clip.frames)
         lowres = clip.images()  # (T, h, w, 3)
-        outputs = upscaler.upscale(lowres, clip.indices)  # (T, h * model scale, w * model scale, 3)
-        outputs = fit(outputs, lowres.shape[1] * config.scale, lowres.shape[2] * config.scale)  # (T, H, W, 3)
+        window = Window(lowres, tuple(clip.indices), flows.get(lowres, tuple(clip.indices)))
+        outputs = runner.run(window, lambda plan, progress: model.sample(window, plan, progress))  # (T, H, W, 3)
         yield from final(fade.push(clip, outputs))
         clip = following
     yield from final(fade.flush())
 
 
-def fit(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bring the model's output (T, H', W', 3) to exactly (T, height, width, 3): antialiased Lanczos."""
-    if images.shape[1:3] == (height, width):
-        return images
-    return lanczos_resize(images, height, width)
+def stream_sequence(frames, model, runner: ModelRunner, flows: Flows, config: UpscaleConfig, wanted, stop):
+    """Sequential models: one frame at a time, the state carried from frame to frame and reset at restart points.
+
+    The model runs from a restart point only when a wanted frame may follow before the next fixed
+    restart (every ``restart_every`` frames; without it, before the shot ends), so a partial run
+    starts where a whole run resets its state and gives the same frames.
+    """
+    every = model.info.restart_every
+    state, running, previous = None, False, None
+    for frame, restart in restarts(frames, every, config.sample.scene_threshold):
+        i = frame.index
+        if stop is not None and i >= stop:
+            return
+        if restart:
+            ahead = range(i, i + every) if every else range(i, stop if stop is not None else i + 1)
+            running, state = every is None and stop is None or any(wanted(k) for k in ahead), None
+        if running:
+            pair = np.stack([previous.image, frame.image]) if state is not None else None  # (2, h, w, 3)
+            flow = flows.get(pair, (previous.index, i)) if pair is not None else None
+            window = Window(frame.image[None], (i,), flow)
+
+            def step(plan, progress):
+                nonlocal state
+                out, state = model.step(window, state, plan, progress)
+                return out
+
+            image = runner.run(window, step)[0]  # (H, W, 3)
+            if wanted(i):
+                yield frame, image
+        previous = frame
 
 
 @dataclass(frozen=True)
@@ -226,10 +280,11 @@ class FolderItem:
 def upscale_folder(in_dir: Path, out_dir: Path, config: UpscaleConfig, *, emit: Emit = ignore) -> Result:
     """`vsrup frames`: an image folder as one sequence, written with the same file names."""
     job = Job(Path(in_dir), Path(out_dir))
-    return run_job(lambda: _upscale_folder(job, config, emit), job, emit)
+    choice, config = settle(config)
+    return run_job(lambda: _upscale_folder(job, choice, config, emit), job, emit)
 
 
-def _upscale_folder(job: Job, config: UpscaleConfig, emit: Emit) -> int:
+def _upscale_folder(job: Job, choice: Choice, config: UpscaleConfig, emit: Emit) -> int:
     from vsrup.media.images import list_images, read_image, write_image
 
     if job.target.resolve() == job.source.resolve():
@@ -253,13 +308,8 @@ def _upscale_folder(job: Job, config: UpscaleConfig, emit: Emit) -> int:
             image = read_image(path, emit if i in todo else ignore)  # skipped images are read for the clip plan only
             yield FolderItem(i, image.rgb, image, targets[i])
 
-    from vsrup.models import load_upscaler
+    upscaler = choice.load(config, emit)
 
-    upscaler = load_upscaler(config, emit)
-    expect = getattr(upscaler, "expect", None)
-    if expect is not None:
-        first = read_image(paths[min(todo)]).rgb
-        expect(len(todo), first.shape[0], first.shape[1])
     def write(item: FolderItem, rgb: np.ndarray) -> None:
         alpha = item.source.alpha  # (h, w, 1) or None
         if alpha is not None:
@@ -269,7 +319,7 @@ def _upscale_folder(job: Job, config: UpscaleConfig, emit: Emit) -> int:
     written = 0
     depth = config.sample.clip_len
     with Ahead(items(), depth, "vsrup-read") as read, Behind(write, depth, "vsrup-write") as save:
-        for item, rgb in upscale_frames(read, upscaler, config, todo.__contains__):
+        for item, rgb in upscale_frames(read, upscaler, config, todo.__contains__, total=len(todo), emit=emit):
             save.submit(item, rgb)
             written += 1
             emit(Event("progress", path=str(job.source), done=written, total=len(todo)))

@@ -1,9 +1,10 @@
-"""Model files: a local diffusers folder, or the files a job needs from a Hub repo, via the standard cache.
+"""Model files: a local folder, or the files a job needs from a Hub repo, via the standard cache.
 
-Only the diffusers subfolders the upscaler loads are fetched (configs, tokenizer, one safetensors file
-per network), never the repo's single-file checkpoints or duplicate ``.bin`` weights; with a half
-precision dtype the ``fp16`` weight variant is taken where the repo has it. Everything goes through
-huggingface_hub, which itself honours HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT and HF_TOKEN.
+This module knows no model names: a family passes its ``Layout`` (which configs, which folders,
+which networks' weights). Only those files are fetched, never a repo's single-file checkpoints or
+pickle (``.bin``, ``.ckpt``) weights; with a half precision dtype the ``fp16`` weight variant is
+taken where the repo has it. Everything goes through huggingface_hub, which itself honours HF_HOME,
+HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT and HF_TOKEN.
 
 Without a network (or with HF_HUB_OFFLINE=1) a job uses the cached snapshot of the revision, with
 whichever weight variant is cached; without one it fails with a ``ModelError`` that says how to fix it.
@@ -16,7 +17,9 @@ through a ``tqdm_class`` (recent versions); ours draws nothing itself and forwar
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -24,24 +27,24 @@ from tqdm.auto import tqdm
 from vsrup.errors import ModelError
 from vsrup.events import Emit, Event, ignore
 
-CONFIG_FILES = (
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "low_res_scheduler/scheduler_config.json",
-    "unet/config.json",
-    "vae/config.json",
-    "text_encoder/config.json",
-)
-TOKENIZER_DIR = "tokenizer"
-WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 HALF_VARIANT = "fp16"
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
 
-def pick_weights(files: Iterable[str], subfolder: str, half: bool) -> str | None:
+@dataclass(frozen=True)
+class Layout:
+    """The files of a diffusers-layout model folder that a family loads."""
+
+    what: str  # the family in words, for messages ("an SD x4 upscaler")
+    configs: tuple[str, ...]  # files every copy must have
+    folders: tuple[str, ...]  # folders taken whole (tokenizer files)
+    weights: Mapping[str, str]  # subfolder -> weight file stem ("unet" -> "diffusion_pytorch_model")
+
+
+def pick_weights(files: Iterable[str], subfolder: str, stem: str, half: bool) -> str | None:
     """The one weight file of ``subfolder`` to load: the fp16 variant first for half precision jobs,
     the full-precision file first otherwise, falling back to the other; None when neither exists."""
-    stem = f"{subfolder}/{WEIGHT_STEMS[subfolder]}"
-    full, variant = f"{stem}.safetensors", f"{stem}.{HALF_VARIANT}.safetensors"
+    full, variant = f"{subfolder}/{stem}.safetensors", f"{subfolder}/{stem}.{HALF_VARIANT}.safetensors"
     available = set(files)
     for name in (variant, full) if half else (full, variant):
         if name in available:
@@ -49,58 +52,79 @@ def pick_weights(files: Iterable[str], subfolder: str, half: bool) -> str | None
     return None
 
 
-def plan_files(files: Iterable[str], half: bool) -> tuple[list[str], list[str]]:
+def plan_files(files: Iterable[str], layout: Layout, half: bool) -> tuple[list[str], list[str]]:
     """(files to use, what is missing) for a repo or folder holding ``files`` (paths relative to its root)."""
     available = sorted(set(files))
-    wanted = [f for f in CONFIG_FILES if f in available]
-    missing = [f for f in CONFIG_FILES if f not in available]
-    tokenizer = [f for f in available if f.startswith(TOKENIZER_DIR + "/")]
-    wanted += tokenizer
-    missing += [] if tokenizer else [TOKENIZER_DIR + "/"]
-    for subfolder in WEIGHT_STEMS:
-        weights = pick_weights(available, subfolder, half)
+    wanted = [f for f in layout.configs if f in available]
+    missing = [f for f in layout.configs if f not in available]
+    for folder in layout.folders:
+        inside = [f for f in available if f.startswith(folder + "/")]
+        wanted += inside
+        missing += [] if inside else [folder + "/"]
+    for subfolder, stem in layout.weights.items():
+        weights = pick_weights(available, subfolder, stem, half)
         wanted += [weights] if weights else []
-        missing += [] if weights else [f"{subfolder}/{WEIGHT_STEMS[subfolder]}.safetensors"]
+        missing += [] if weights else [f"{subfolder}/{stem}.safetensors"]
     return wanted, missing
 
 
-def variant_of(weights_file: str) -> str | None:
+def variant_of(weights_file: str | None) -> str | None:
     """``unet/diffusion_pytorch_model.fp16.safetensors`` -> ``fp16``; the full-precision file -> None."""
-    return HALF_VARIANT if weights_file.endswith(f".{HALF_VARIANT}.safetensors") else None
+    return HALF_VARIANT if weights_file and weights_file.endswith(f".{HALF_VARIANT}.safetensors") else None
 
 
-def resolve(model: str, revision: str | None, half: bool, emit: Emit = ignore) -> Path:
-    """A folder in diffusers layout holding what a job needs: ``model`` itself when it is a local folder,
-    else the snapshot of Hub repo ``model`` in the cache (fetching missing files when the Hub can be reached)."""
-    folder = Path(model).expanduser()
+def weights_variant(folder: Path, subfolder: str, stem: str, half: bool) -> str | None:
+    """Which weight file of ``folder/subfolder`` to load: ``"fp16"`` for the fp16 variant, None for the plain one."""
+    files = [f"{subfolder}/{p.name}" for p in (folder / subfolder).iterdir()]
+    return variant_of(pick_weights(files, subfolder, stem, half))
+
+
+def resolve(source: str, layout: Layout, revision: str | None, half: bool, emit: Emit = ignore) -> Path:
+    """A folder holding what a job needs: ``source`` itself when it is a local folder, else the
+    snapshot of Hub repo ``source`` in the cache (fetching missing files when the Hub can be reached)."""
+    folder = Path(source).expanduser()
     if folder.is_dir():
-        check_complete(folder, half, f"local model folder {folder}")
+        check_complete(folder, layout, half, f"local model folder {folder}")
         return folder
-    return fetch(model, revision, half, emit)
+    return fetch(source, layout, revision, half, emit)
 
 
-def download(model: str, revision: str | None = None, emit: Emit = ignore, *, half: bool = False) -> Path:
-    """``vsrup download``: fetch ``model`` (short name or repo id) into the cache now; returns the snapshot.
+def check_complete(folder: Path, layout: Layout, half: bool, what: str) -> None:
+    """ModelError when ``folder`` lacks a file of ``layout``, or when a network's weights are pickles.
+
+    diffusers follows a ``*.safetensors.index.json`` to the shards it names; one that names a pickle
+    shard would be unpickled, so any index is refused unless every shard it names is safetensors.
+    """
+    files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    _, missing = plan_files(files, layout, half)
+    if missing:
+        raise ModelError(f"{what} is incomplete for {layout.what}: missing {', '.join(missing)}")
+    for subfolder in layout.weights:
+        for index in sorted((folder / subfolder).glob("*.index.json")):
+            try:
+                shards = set(json.loads(index.read_text())["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                raise ModelError(f"{what}: {subfolder}/{index.name} is not a weight index vsrup can read") from None
+            pickles = sorted(s for s in shards if not str(s).endswith(".safetensors"))
+            if pickles:
+                raise ModelError(
+                    f"{what}: {subfolder}/{index.name} names pickle weights ({', '.join(map(str, pickles))}); "
+                    "vsrup loads safetensors only"
+                )
+
+
+def download(repo: str, layout: Layout, revision: str | None = None, emit: Emit = ignore, *, half: bool = False) -> Path:
+    """``vsrup download``: fetch ``repo`` into the cache now; returns the snapshot.
 
     ``half=False`` fetches the full-precision weights, which serve every dtype (a half precision job
     prefers the fp16 variant when online, but uses cached full-precision weights offline).
     """
-    from vsrup.models.registry import repo_for
-
-    repo = repo_for(model)
-    path = fetch(repo, revision, half, emit)
+    path = fetch(repo, layout, revision, half, emit)
     emit(Event("info", message=f"{repo} is in the Hugging Face cache at {path}"))
     return path
 
 
-def check_complete(folder: Path, half: bool, what: str) -> None:
-    files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-    _, missing = plan_files(files, half)
-    if missing:
-        raise ModelError(f"{what} is incomplete: missing {', '.join(missing)}")
-
-
-def fetch(repo: str, revision: str | None, half: bool, emit: Emit) -> Path:
+def fetch(repo: str, layout: Layout, revision: str | None, half: bool, emit: Emit) -> Path:
     from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -118,13 +142,15 @@ def fetch(repo: str, revision: str | None, half: bool, emit: Emit) -> Path:
         if not (unreachable(error) or isinstance(error, HfHubHTTPError)):
             raise
         reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the Hub cannot be reached ({type(error).__name__})"
-        return cached_snapshot(repo, revision, half, reason)
+        return cached_snapshot(repo, layout, revision, half, reason)
 
     # 2. Fetch the planned files that are not cached yet.
     sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
-    wanted, missing = plan_files(sizes, half)
+    wanted, missing = plan_files(sizes, layout, half)
     if missing:
-        raise ModelError(f"{at} is not a diffusers x4 upscaler repo: missing {', '.join(missing)}")
+        pickles = [f for f in sizes if f.endswith(PICKLE_SUFFIXES)]
+        note = "; it has pickle weights only, and vsrup loads safetensors only" if pickles else ""
+        raise ModelError(f"{at} does not hold {layout.what} in diffusers layout: missing {', '.join(missing)}{note}")
     bars = "tqdm_class" in inspect.signature(hf_hub_download).parameters
     for name in wanted:
         if not isinstance(try_to_load_from_cache(repo, name, revision=info.sha), str):
@@ -139,18 +165,18 @@ def fetch(repo: str, revision: str | None, half: bool, emit: Emit) -> Path:
     return local.parents[len(Path(name).parts) - 1]  # the snapshot folder the last file was placed in
 
 
-def cached_snapshot(repo: str, revision: str | None, half: bool, reason: str) -> Path:
+def cached_snapshot(repo: str, layout: Layout, revision: str | None, half: bool, reason: str) -> Path:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        folder = Path(snapshot_download(repo, revision=revision, local_files_only=True, allow_patterns=[CONFIG_FILES[0]]))
+        folder = Path(snapshot_download(repo, revision=revision, local_files_only=True, allow_patterns=[layout.configs[0]]))
     except LocalEntryNotFoundError:
         raise ModelError(
             f"model {repo} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {reason}; "
             f"run `vsrup download {repo}` on a connected machine, or set HF_HOME to a cache that has it"
         ) from None
-    check_complete(folder, half, f"the cached copy of {repo} ({folder})")
+    check_complete(folder, layout, half, f"the cached copy of {repo} ({folder})")
     return folder
 
 

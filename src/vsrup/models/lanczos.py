@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import torch
 
-import numpy as np
-
+from vsrup.config import SampleConfig, UpscaleConfig
+from vsrup.events import Emit, ignore
+from vsrup.memory import MemoryPlan
+from vsrup.models import ModelInfo, Progress, Window
 from vsrup.resize import lanczos_resize
 
+FILES = None  # no weights
 
-class LanczosUpscaler:
-    def __init__(self, scale: int):
-        self.scale = scale
 
-    def upscale(self, frames: np.ndarray, indices: Sequence[int]) -> np.ndarray:
-        t, h, w, _ = frames.shape  # (T, h, w, 3)
-        return lanczos_resize(frames, h * self.scale, w * self.scale)  # (T, H, W, 3)
+def settle(sample: SampleConfig) -> SampleConfig:
+    """Lanczos has no sampler: the sampler and temporal options do not change its frames."""
+    return sample
+
+
+class Model:
+    def __init__(self, source: str | None, config: UpscaleConfig, emit: Emit = ignore):
+        self.device = torch.device("cpu")
+        # Native at every asked scale: the pipeline has nothing to resize.
+        self.info = ModelInfo(name="lanczos", scale=config.scale, kind="clip", flow=False, generative=False, cost=None)
+
+    def sample(self, window: Window, plan: MemoryPlan | None, progress: Progress) -> torch.Tensor:
+        t, h, w, _ = window.frames.shape  # (T, h, w, 3)
+        s = self.info.scale
+        return torch.from_numpy(lanczos_resize(window.frames, h * s, w * s))  # (T, H, W, 3)

@@ -1,52 +1,86 @@
-"""The one place that names models: short names, their Hub repos, and the class that loads each family.
+"""The one place that names models: short names, their Hub repos, and the module of each family.
 
-``--model`` is a short name (below), a Hub repo id (``owner/name``) or a local folder in diffusers
-layout; repo ids and folders are loaded as x4 upscalers (``models/sd_x4.py``).
+``--model`` is a short name (below), a Hub repo id (``owner/name``) or a local folder. ``choose``
+resolves it once into a ``Choice``: the family's module (see ``models/__init__.py`` for what a family
+module provides) and where its files are. A local folder's family is read from its
+``model_index.json`` (``_class_name``, plain JSON; nothing in the folder is run); a repo id that is
+not one of the known repos, and a folder whose index names no known pipeline, are loaded as x4
+upscalers (fine-tunes in diffusers layout).
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass, replace
+from importlib import import_module
 from pathlib import Path
+from types import ModuleType
 
 from vsrup.config import UpscaleConfig
 from vsrup.errors import UsageError
-from vsrup.events import Emit
+from vsrup.events import Emit, ignore
 
-SHORT_NAMES = {
-    "lanczos": None,  # non-neural, no weights
-    "sd-x4": "stabilityai/stable-diffusion-x4-upscaler",
+FAMILIES = {  # short name -> (module, Hub repo)
+    "sd-x4": ("vsrup.models.sd_x4", "stabilityai/stable-diffusion-x4-upscaler"),
+    "stablevsr": ("vsrup.models.stablevsr", "claudiom4sir/StableVSR"),
+    "lanczos": ("vsrup.models.lanczos", None),  # non-neural, no weights
 }
+DEFAULT_FAMILY = "sd-x4"  # of repo ids and folders that name no known family
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the Hub spells them
 
 
-def model_source(model: str) -> str:
-    """A short name's repo, else ``model`` itself when it is a local folder or a Hub repo id."""
-    if SHORT_NAMES.get(model):
-        return SHORT_NAMES[model]
-    if Path(model).expanduser().is_dir() or REPO_ID.match(model):
-        return model
+@dataclass(frozen=True)
+class Choice:
+    """What ``--model`` names: a family and where its files are (a repo id or a folder; None: no files)."""
+
+    family: str
+    source: str | None
+
+    @property
+    def module(self) -> ModuleType:
+        return import_module(FAMILIES[self.family][0])
+
+    def settle(self, config: UpscaleConfig) -> UpscaleConfig:
+        """``config`` with the family's sampler defaults; a UsageError for options the family refuses."""
+        return replace(config, sample=self.module.settle(config.sample))
+
+    def load(self, config: UpscaleConfig, emit: Emit = ignore):
+        """The family's loaded ``Model`` (see models/__init__.py)."""
+        return self.module.Model(self.source, config, emit)
+
+
+def choose(model: str) -> Choice:
+    """Resolve ``--model`` (UsageError for a name that is none of the three kinds)."""
+    if model in FAMILIES:
+        return Choice(model, FAMILIES[model][1])
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return Choice(folder_family(folder), model)
+    if REPO_ID.match(model):
+        known = [name for name, (_, repo) in FAMILIES.items() if repo == model]
+        return Choice(known[0] if known else DEFAULT_FAMILY, model)
     raise UsageError(
-        f"unknown model {model!r}: not one of {', '.join(SHORT_NAMES)}, a Hub repo id (owner/name) or an existing folder"
+        f"unknown model {model!r}: not one of {', '.join(FAMILIES)}, a Hub repo id (owner/name) or an existing folder"
     )
 
 
-def repo_for(model: str) -> str:
-    """The Hub repo that ``vsrup download MODEL`` fetches."""
-    source = SHORT_NAMES.get(model, model)
-    if source is None:
-        raise UsageError(f"model {model!r} has no weights to download")
-    if not REPO_ID.match(source):
-        raise UsageError(f"{model!r} is not a short name ({', '.join(k for k, v in SHORT_NAMES.items() if v)}) or a Hub repo id (owner/name)")
-    return source
+def folder_family(folder: Path) -> str:
+    """The family whose pipeline class the folder's ``model_index.json`` names; the default otherwise."""
+    try:
+        named = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return DEFAULT_FAMILY
+    for name, (module, _) in FAMILIES.items():
+        if named in getattr(import_module(module), "PIPELINE_CLASSES", ()):
+            return name
+    return DEFAULT_FAMILY
 
 
-def load(config: UpscaleConfig, emit: Emit):
-    if config.model == "lanczos":
-        from vsrup.models.lanczos import LanczosUpscaler
-
-        return LanczosUpscaler(config.scale)
-    model_source(config.model)  # UsageError for unknown names before torch and diffusers import
-    from vsrup.models.sd_x4 import DiffusionUpscaler
-
-    return DiffusionUpscaler(config, emit)
+def repo_for(model: str) -> tuple[str, Choice]:
+    """The Hub repo that ``vsrup download MODEL`` fetches, and the family it holds."""
+    choice = choose(model) if model in FAMILIES or REPO_ID.match(model) else None
+    if choice is None or choice.source is None or not REPO_ID.match(choice.source):
+        names = ", ".join(name for name, (_, repo) in FAMILIES.items() if repo)
+        raise UsageError(f"{model!r} has no weights to download: name one of {names} or a Hub repo id (owner/name)")
+    return choice.source, choice

@@ -18,7 +18,7 @@ from dataclasses import replace
 from vsrup.config import SampleConfig
 from vsrup.flow import Flow
 from vsrup.sampling.guidance import in_window, motion_guidance
-from vsrup.sampling.loop import Step, StepHook
+from vsrup.sampling.sd_x4 import Step, StepHook
 from vsrup.sampling.propagation import propagate
 
 

@@ -49,7 +49,7 @@ COSINE_MARGIN = 0.125  # outer fraction of an overlap at ~0 weight: 4 px at over
 RAMP_FLOOR = 1e-6  # keeps every weight > 0, so every pixel is covered with positive weight
 GAUSSIAN_SIGMA = 0.2  # of the overlap width; equals StableSR's sigma = 0.1 tile at its 50% overlap
 
-TileFn = Callable[[Tensor, Tensor], Tensor]  # (tiles (N, C, th, tw), rows (N,)) -> (N, C_out, s*th, s*tw)
+TileFn = Callable[..., Tensor]  # (tiles (N, C, th, tw), rows (N,), *extra tiles) -> (N, C_out, s*th, s*tw)
 
 
 @dataclass(frozen=True)
@@ -131,21 +131,30 @@ def tiled(
     overlap: int,
     batch: int,
     scale: int = 1,
+    extras: tuple[tuple[Tensor, int], ...] = (),
     weighting: str = DEFAULT_WEIGHTING,
 ) -> Tensor:
     """Evaluate ``fn`` on overlapping tiles of ``x`` and blend the outputs into one full-size result.
 
-    x: (B, C, h, w). fn(tiles (N, C, th, tw), rows (N,) long) -> (N, C_out, scale*th, scale*tw),
-    where rows[k] is the index in B of the sample tile k was cut from, so fn can gather
-    per-sample conditioning. Tiles of all samples are batched together, at most ``batch`` per
-    call, in an order that depends only on (B, h, w, tile, overlap, batch). tile == 0: no tiling,
-    fn runs on whole samples, ``batch`` per call. Returns (B, C_out, scale*h, scale*w) in fn's
-    output dtype; blending accumulates in at least float32. Tiles keep x's memory format
-    (channels_last in, channels_last tiles out), so kernels, and bits, match the untiled call.
+    x: (B, C, h, w). fn(tiles (N, C, th, tw), rows (N,) long, *extra_tiles) -> (N, C_out, scale*th,
+    scale*tw), where rows[k] is the index in B of the sample tile k was cut from, so fn can gather
+    per-sample conditioning. ``extras`` are further inputs on finer grids, ``(tensor (B, C_e, f*h,
+    f*w), f)``, each cut at the tile's extent scaled by its f (a high-resolution control image
+    beside a latent tile). Tiles of all samples are batched together, at most ``batch`` per call,
+    in an order that depends only on (B, h, w, tile, overlap, batch). tile == 0: no tiling, fn runs
+    on whole samples, ``batch`` per call. Returns (B, C_out, scale*h, scale*w) in fn's output dtype;
+    blending accumulates in at least float32. Tiles keep x's memory format (channels_last in,
+    channels_last tiles out), so kernels, and bits, match the untiled call.
     """
     B, _, h, w = x.shape
+    for extra, factor in extras:
+        if (extra.shape[0], *extra.shape[2:]) != (B, factor * h, factor * w):
+            raise ValueError(f"extra input of shape {tuple(extra.shape)} is not on the x{factor} grid of {tuple(x.shape)}")
     if tile == 0:
-        outs = [fn(x[r.start : r.stop], torch.arange(r.start, r.stop, device=x.device)) for r in groups(B, batch)]
+        outs = []
+        for r in groups(B, batch):
+            rows = torch.arange(r.start, r.stop, device=x.device)  # (N,)
+            outs.append(fn(x[r.start : r.stop], rows, *(extra[r.start : r.stop] for extra, _ in extras)))
         return torch.cat(outs)  # (B, C_out, s*h, s*w)
 
     tiles = plan(B, h, w, tile, overlap)
@@ -158,7 +167,8 @@ def tiled(
         inputs = torch.stack([x[t.row, :, t.y.start : t.y.end, t.x.start : t.x.end] for t in members])  # (N, C, th, tw)
         inputs = inputs.contiguous(memory_format=layout)  # (N, C, th, tw)
         rows = torch.arange(group.start, group.stop, device=x.device) // per_sample  # (N,) t.row of each member
-        preds = fn(inputs, rows)  # (N, C_out, s*th, s*tw)
+        cut = [torch.stack([e[t.row, :, f * t.y.start : f * t.y.end, f * t.x.start : f * t.x.end] for t in members]) for e, f in extras]
+        preds = fn(inputs, rows, *cut)  # (N, C_out, s*th, s*tw)
         expected = (len(members), scale * inputs.shape[2], scale * inputs.shape[3])
         if (preds.shape[0], *preds.shape[2:]) != expected:
             raise ValueError(f"fn returned shape {tuple(preds.shape)}; expected (N, C_out, s*th, s*tw) = {expected}")

@@ -1,4 +1,4 @@
-"""The x4 upscaler's denoising loop, written out: one clip of T frames sampled together.
+"""The SD x4 upscaler's denoising loop, written out: one clip of T frames sampled together.
 
 It follows diffusers' ``StableDiffusionUpscalePipeline.__call__`` step for step, so that with the
 same components, scheduler and per-frame generators it gives the same frames. What differs is only
@@ -11,10 +11,10 @@ Notation (v-prediction, Salimans & Ho 2022; classifier-free guidance, Ho & Salim
     v_g   = v_uncond + g (v_cond - v_uncond)          guidance g > 1 only
     x_0   = sqrt(a_t) x_t - sqrt(1 - a_t) v_g         what the scheduler's step moves towards
 
-Plug-in points for the other modules:
-- ``Denoiser``: the model call on the full latent. The tiling module wraps ``UNetDenoiser`` to run it
-  tile by tile and blend the tiles' outputs; it sees neither the noise, the guidance combination,
-  nor the scheduler.
+The model (``models/sd_x4.py``) prepares x_lr' (``augment``, the first draw of each frame's generator)
+and the class labels; the loop draws the initial latents (the second draw) and steps. Plug-in points:
+- ``Denoiser``: the model call on the full latent. The model wraps the UNet to run it tile by tile
+  and blend the tiles' outputs; it sees neither the noise, the guidance combination, nor the scheduler.
 - ``StepHook``: called once per step between the model call and the scheduler step with the latents
   and the guided model output. Motion guidance and latent propagation replace either there.
 """
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
+from vsrup.sampling.noise import frame_noise
 
 
 @dataclass(frozen=True)
@@ -79,18 +81,6 @@ class UNetDenoiser:
         return self.unet(x, t, encoder_hidden_states=text, class_labels=noise_level, return_dict=False)[0]
 
 
-def frame_noise(
-    generators: Sequence[torch.Generator], channels: int, height: int, width: int, dtype: torch.dtype
-) -> torch.Tensor:
-    """One standard-normal draw of (1, channels, height, width) from each frame's CPU generator, on the CPU.
-
-    This is what diffusers' ``randn_tensor`` does with a list of generators (and with a single one for one
-    image), so frame i's draws do not depend on the other frames of the batch.
-    """
-    draws = [torch.randn((1, channels, height, width), generator=g, dtype=dtype) for g in generators]
-    return torch.cat(draws)  # (T, channels, height, width)
-
-
 def predict(
     denoiser: Denoiser,
     latents: torch.Tensor,
@@ -118,51 +108,54 @@ def predict(
     return out
 
 
+def augment(low_res_scheduler, low_res: torch.Tensor, generators: Sequence[torch.Generator], noise_level: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_lr' and its class labels: (T, 3, h, w) in [-1, 1] -> ((T, 3, h, w), (T,)); the first draw of each generator."""
+    levels = torch.full((low_res.shape[0],), noise_level, dtype=torch.long, device=low_res.device)  # (T,)
+    noise = frame_noise(generators, low_res.shape[1], *low_res.shape[2:], low_res.dtype).to(low_res.device)  # (T, 3, h, w)
+    return low_res_scheduler.add_noise(low_res, noise, levels), levels
+
+
 def sample_clip(
     denoiser: Denoiser,
     scheduler,
-    low_res_scheduler,
-    low_res: torch.Tensor,
+    image: torch.Tensor,
+    class_labels: torch.Tensor,
     text: TextEmbeddings,
     generators: Sequence[torch.Generator],
     steps: int,
     guidance: float,
-    noise_level: int,
     latent_channels: int = 4,
     hook: StepHook | None = None,
+    progress: Callable[[int], None] = lambda step: None,
 ) -> torch.Tensor:
-    """Sample the latents of one clip: (T, 3, h, w) low-resolution frames in [-1, 1] -> (T, 4, h, w).
+    """Sample the latents of one clip: (T, 3, h, w) conditioning image x_lr' -> (T, 4, h, w).
 
     ``scheduler`` must be fresh for this clip (it holds per-run state); ``generators`` holds one CPU
-    generator per frame, seeded ``seed + frame index``. ``low_res`` sets device and dtype.
+    generator per frame, seeded ``seed + frame index``, after ``augment``'s draw. ``image`` sets
+    device and dtype. ``progress(i)`` is called after step i.
     """
-    t_frames, _, height, width = low_res.shape  # (T, 3, h, w)
-    device, dtype = low_res.device, low_res.dtype
+    t_frames, _, height, width = image.shape  # (T, 3, h, w)
+    device, dtype = image.device, image.dtype
     guided = guidance > 1.0
 
-    # 1. Text conditioning, unconditional half first, one row per model-batch entry.
+    # 1. Text conditioning and class labels, unconditional half first, one row per model-batch entry.
     cond = text.cond.to(device).expand(t_frames, -1, -1)  # (T, 77, D)
     if guided:
         uncond = text.uncond.to(device).expand(t_frames, -1, -1)  # (T, 77, D)
         cond = torch.cat([uncond, cond])  # (2T, 77, D)
+        class_labels = torch.cat([class_labels, class_labels])  # (2T,)
 
     # 2. Timesteps.
     scheduler.set_timesteps(steps, device=device)
 
-    # 3. Noise-augment the input; the first draw from each frame's generator.
-    levels = torch.full((t_frames,), noise_level, dtype=torch.long, device=device)  # (T,)
-    noise = frame_noise(generators, low_res.shape[1], height, width, dtype).to(device)  # (T, 3, h, w)
-    image = low_res_scheduler.add_noise(low_res, noise, levels)  # (T, 3, h, w)
-    class_labels = torch.cat([levels, levels]) if guided else levels  # (B,)
-
-    # 4. Initial latents; the second draw from each frame's generator.
+    # 3. Initial latents; the second draw from each frame's generator.
     latents = frame_noise(generators, latent_channels, height, width, dtype).to(device)  # (T, 4, h, w)
     latents = latents * scheduler.init_noise_sigma  # (T, 4, h, w)
 
-    # 5. Ancestral schedulers (DDPM, Euler) draw step noise from the frames' generators too.
+    # 4. Ancestral schedulers (DDPM, Euler) draw step noise from the frames' generators too.
     step_kwargs = {"generator": list(generators)} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
-    # 6. Denoising loop. The hook's alphas live on the device: indexing them with the device timestep
+    # 5. Denoising loop. The hook's alphas live on the device: indexing them with the device timestep
     # does not make the host wait for the step's model calls.
     alphas = scheduler.alphas_cumprod.to(device, torch.float32) if hook is not None else None  # (1000,)
     for i, t in enumerate(scheduler.timesteps):
@@ -174,4 +167,5 @@ def sample_clip(
             step = hook(Step(i, t, alpha_prod, latents, model_output, input_scale))
             latents, model_output = step.latents, step.model_output
         latents = scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]  # (T, 4, h, w)
+        progress(i)
     return latents

@@ -1,0 +1,140 @@
+"""Running a loaded model on windows: what the pipeline owns around every model call.
+
+For each window the pipeline hands over, ``ModelRunner``:
+1. takes the window's optical flow from ``Flows`` (estimated a window ahead, in a background
+   thread, on the model's device) when the model asks for it;
+2. runs the model under the memory plan for the window's shape (``memory.Planner``), retrying with
+   a smaller plan on CUDA out-of-memory;
+3. on a CPU, estimates the job's duration from the first step of the first window, once;
+4. colour-fixes a generative model's frames toward the bicubic input, clamps them to [0, 1], and
+   resizes them to the asked scale (antialiased Lanczos) when the model's own scale differs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from vsrup.config import UpscaleConfig
+from vsrup.events import Emit, Event, ignore
+from vsrup.models import Model, Window
+from vsrup.resize import lanczos_resize
+
+
+class Flows:
+    """Flow of the coming windows, one estimated ahead in a background thread; closed on exit."""
+
+    def __init__(self, model: Model, method: str):
+        from vsrup.flow import FlowWorker
+
+        self.worker = FlowWorker(method, str(model.device)) if model.info.flow else None
+        self.pending: dict[tuple[int, ...], Future] = {}
+
+    def prefetch(self, frames: np.ndarray, indices: tuple[int, ...]) -> None:
+        """Start estimating the flow of frames (T, h, w, 3) that a coming window holds."""
+        if self.worker is not None and len(indices) > 1 and indices not in self.pending:
+            self.pending[indices] = self.worker.submit(frames)
+
+    def get(self, frames: np.ndarray, indices: tuple[int, ...]):
+        """The Flow between neighbouring ``frames`` (T, h, w, 3); None when the model wants none or T = 1."""
+        if self.worker is None or len(indices) < 2:
+            return None
+        self.prefetch(frames, indices)
+        return self.pending.pop(indices).result()
+
+    def __enter__(self) -> Flows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.worker is not None:
+            self.worker.close()
+
+
+class ModelRunner:
+    """Runs one model on the windows of one job (see the module doc)."""
+
+    def __init__(self, model: Model, config: UpscaleConfig, total: int | None = None, emit: Emit = ignore):
+        s = config.sample
+        self.model, self.config, self.emit = model, config, emit
+        self.planner = None
+        if model.info.cost is not None:
+            from vsrup.memory import Planner
+
+            self.planner = Planner(model.info.cost, model.device, s.tile, s.tile_overlap, s.batch, emit)
+        self.estimate = None
+        if model.info.generative and model.device.type == "cpu":
+            self.estimate = CpuEstimate(total, s.clip_len, s.clip_overlap, emit)
+
+    def run(self, window: Window, call: Callable[[Any, Callable[[float], None]], Any]) -> np.ndarray:
+        """``call(plan, progress)`` -> the model's (T, H', W', 3) tensor; returns (T, H, W, 3) float32 at the asked scale."""
+        t_frames, height, width, _ = window.frames.shape  # (T, h, w, 3)
+        progress = self.estimate.watch(window) if self.estimate is not None and not self.estimate.done else ignore_progress
+        if self.planner is None:
+            out = call(None, progress)
+        else:
+            out = self.planner.run(lambda plan: call(plan, progress), t_frames, height, width)  # (T, H', W', 3)
+        return self.finish(out, window)
+
+    def finish(self, out, window: Window) -> np.ndarray:
+        """Colour fix (generative models), clamp, host copy, asked scale: (T, H', W', 3) -> (T, H, W, 3) float32."""
+        import torch
+
+        from vsrup.color import bicubic_upscale, color_fix
+
+        method = self.config.sample.color_fix
+        if self.model.info.generative and method != "none":
+            lr = torch.from_numpy(window.frames).to(out.device)  # (T, h, w, 3)
+            out = color_fix(out, bicubic_upscale(lr, out.shape[1], out.shape[2]), method)  # (T, H', W', 3)
+        images = out.clamp(0, 1).cpu().numpy()  # (T, H', W', 3)
+        scale = self.config.scale
+        height, width = window.frames.shape[1] * scale, window.frames.shape[2] * scale
+        if images.shape[1:3] == (height, width):
+            return images
+        return lanczos_resize(images, height, width)  # (T, H, W, 3)
+
+
+def ignore_progress(fraction: float) -> None:
+    """Progress nobody watches."""
+
+
+class CpuEstimate:
+    """The job's duration on a CPU, from the first progress report of its first window; one warning."""
+
+    def __init__(self, total: int | None, clip_len: int, overlap: int, emit: Emit):
+        self.total, self.clip_len, self.overlap, self.emit = total, clip_len, overlap, emit
+        self.done = False
+
+    def watch(self, window: Window) -> Callable[[float], None]:
+        started = time.perf_counter()
+        t_frames, height, width, _ = window.frames.shape
+
+        def progress(fraction: float) -> None:
+            if self.done or fraction <= 0:
+                return
+            self.done = True
+            per_frame = (time.perf_counter() - started) / fraction / t_frames
+            if self.total is None:
+                scope = f"per frame of {width}x{height}"
+                seconds = per_frame
+            else:
+                windows = max(1, math.ceil((self.total - self.overlap) / max(1, self.clip_len - self.overlap)))
+                sampled = self.total + (windows - 1) * self.overlap  # overlapping frames are sampled twice
+                scope = f"for {self.total} frame(s) of {width}x{height}"
+                seconds = per_frame * sampled
+            self.emit(Event(
+                "warning",
+                message=f"running on the CPU: about {duration(seconds)} {scope} (from the first step of the first window)",
+                data={"estimate_seconds": round(seconds, 1)},
+            ))
+
+        return progress
+
+
+def duration(seconds: float) -> str:
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"

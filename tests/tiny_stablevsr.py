@@ -1,0 +1,126 @@
+"""Tiny random-weight StableVSR, in the real repo's layout, and a Hugging Face cache that holds it.
+
+The layout is ``claudiom4sir/StableVSR``'s (reference/nextmodels.md §1.1): ``model_index.json`` naming
+the custom ``StableVSRPipeline`` class, ``unet/`` (no class embedding), ``controlnet/`` (built with
+``ControlNetModel.from_unet`` and a 3-level conditioning embedding, as StableVSR's train.py does),
+``vae/``, ``text_encoder/``, ``tokenizer/`` and ``scheduler/`` (the x4 DDIM config, which StableVSR reads
+as DDPM), at toy widths, built after ``torch.manual_seed(0)``. The snapshot also holds a Python file
+named like the repo's custom pipeline that writes a marker file if anything ever imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny_sd import point_hf_at, seed_hf_cache, write_tiny_clip_tokenizer_files
+
+REPO_ID = "claudiom4sir/StableVSR"
+COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
+MARKER = "CUSTOM_CODE_RAN"  # the custom pipeline file writes this beside itself when imported
+
+CUSTOM_PIPELINE = f'''"""Stands in for the repo's custom pipeline code: running it leaves a trace."""
+from pathlib import Path
+Path(__file__).with_name("{MARKER}").write_text("imported")
+'''
+
+
+def build_tiny_stablevsr(folder: Path) -> dict:
+    """Tiny random StableVSR components (seeded), saved in the real repo's layout at ``folder``."""
+    import torch
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from vsrup.models.configs import STABLEVSR_SCHEDULER_CONFIG
+
+    tok_dir = folder.parent / "stablevsr-tokenizer-src"
+    write_tiny_clip_tokenizer_files(tok_dir)
+    tokenizer = CLIPTokenizer(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"), pad_token="!")
+    tokenizer.model_max_length = 77
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=7,  # 4 latent + 3 clean low-resolution RGB
+        out_channels=4,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        only_cross_attention=(True, True, False),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        use_linear_projection=True,
+    )
+    torch.manual_seed(1)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16))
+    # from_unet zero-initialises the residual convolutions (ControlNet's init): a trained ControlNet's are not
+    # zero, and with zeros the tests could not tell the control image apart from none.
+    with torch.no_grad():
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block, controlnet.controlnet_cond_embedding.conv_out]:
+            conv.weight.normal_(0, 0.3)
+            conv.bias.normal_(0, 0.05)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16, 16),  # 3 levels -> 2 downsamples -> factor-4 latent
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=8,
+        scaling_factor=0.08333,
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=77, hidden_act="gelu", bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler.from_config(STABLEVSR_SCHEDULER_CONFIG)
+    for name, part in dict(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler).items():
+        part.save_pretrained(folder / name)
+    index = {
+        "_class_name": "StableVSRPipeline", "_diffusers_version": "0.21.0.dev0", "_name_or_path": REPO_ID,
+        "feature_extractor": [None, None], "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "controlnet": ["diffusers", "ControlNetModel"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    (folder / "stablevsr_pipeline.py").write_text(CUSTOM_PIPELINE)
+    (folder / "pipeline").mkdir()
+    (folder / "pipeline" / "stablevsr_pipeline.py").write_text(CUSTOM_PIPELINE)
+    return dict(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+_BUILT: dict[str, Path] = {}
+
+
+def _built(tmp_path_factory) -> dict[str, Path]:
+    if not _BUILT:
+        folder = tmp_path_factory.mktemp("tiny-stablevsr") / "model"
+        build_tiny_stablevsr(folder)
+        hf_home = tmp_path_factory.mktemp("hf-home-stablevsr")
+        snapshot = seed_hf_cache(hf_home / "hub", folder, repo_id=REPO_ID, commit=COMMIT)
+        _BUILT.update(folder=folder, hf_home=hf_home, snapshot=snapshot)
+    return _BUILT
+
+
+@pytest.fixture(scope="session")
+def tiny_stablevsr_folder(tmp_path_factory) -> Path:
+    """The tiny StableVSR as a local folder in the repo's layout; built once per session."""
+    return _built(tmp_path_factory)["folder"]
+
+
+@pytest.fixture
+def tiny_stablevsr_cache(monkeypatch, tmp_path_factory) -> Path:
+    """A Hugging Face cache holding the tiny model as ``claudiom4sir/StableVSR``, offline; returns HF_HOME."""
+    hf_home = _built(tmp_path_factory)["hf_home"]
+    point_hf_at(monkeypatch, hf_home)
+    return hf_home
