@@ -56,11 +56,13 @@ def build_tiny_stablevsr(folder: Path) -> dict:
     )
     torch.manual_seed(1)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16))
-    # from_unet zero-initialises the residual convolutions (ControlNet's init): a trained ControlNet's are not
-    # zero, and with zeros the tests could not tell the control image apart from none.
+    # from_unet zero-initialises the residual convolutions and the control embedding's last conv (ControlNet's
+    # init): a trained ControlNet's are not zero, and with zeros the tests could not tell a control image from
+    # none. The embedding's is drawn large, so that moving the control image moves the residuals visibly.
     with torch.no_grad():
-        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block, controlnet.controlnet_cond_embedding.conv_out]:
-            conv.weight.normal_(0, 0.3)
+        for conv, std in [*((c, 0.3) for c in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]),
+                          (controlnet.controlnet_cond_embedding.conv_out, 3.0)]:
+            conv.weight.normal_(0, std)
             conv.bias.normal_(0, 0.05)
     torch.manual_seed(0)
     vae = AutoencoderKL(
