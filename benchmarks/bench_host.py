@@ -8,9 +8,9 @@ encoding of 4x frames. bench_pipeline measures that split with the real networks
 needs a GPU; this script measures the host's share at real frame sizes on any machine.
 
 What runs: ``vsrup.pipeline.upscale`` on a generated H.264 + AAC video (``bench_memory.make_video``)
-at ``--size``, with the model replaced by ``Accelerator``, which behaves like ``DiffusionUpscaler`` on
-a GPU as seen from the host: it estimates each clip's flow in the same ``FlowWorker`` one clip
-ahead and waits for it, then waits ``--accelerator-s`` per frame of the clip (the main thread of a
+at ``--size``, with the model replaced by ``Accelerator``, which behaves like the x4 model on a GPU
+as seen from the host: it asks for flow, which the pipeline estimates in its ``FlowWorker`` one clip
+ahead, then waits ``--accelerator-s`` per frame of the clip (the main thread of a
 real job waits the same way, in a CUDA synchronisation with the GIL released), then hands back the
 4x frames as float32 (a nearest-neighbour x4 of the input, computed outside the timed wait: it
 stands in for the device-to-host copy of the output: one broadcast write, about memcpy speed). Everything else is the real pipeline: the
@@ -48,39 +48,40 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Accelerator:
-    """Stands in for DiffusionUpscaler on a GPU: flow as the real one gets it, then a timed wait."""
+    """Stands in for a diffusion model on a GPU: it gets flow as the real one does, then waits.
 
-    scale = 4
+    Not generative as the pipeline sees it: the colour fix of a real job runs on the GPU, so the stand-in
+    leaves it out rather than charge the host for it.
+    """
 
-    def __init__(self, seconds_per_frame: float, flow: str = "dis"):
-        from vsrup.flow import FlowWorker
+    def __init__(self, seconds_per_frame: float):
+        import torch
 
+        from vsrup.models import ModelInfo
+
+        self.info = ModelInfo(name="accelerator", scale=4, kind="clip", flow=True, generative=False, cost=None)
+        self.device = torch.device("cpu")
         self.seconds = seconds_per_frame
-        self.flows = FlowWorker(flow)
-        self.pending: dict = {}
         self.busy = 0.0
         self.copy_s = 0.0  # main-thread time writing the outputs into fresh host memory
         self.started = 0.0  # perf_counter when the first clip's wait began
         self.finished = 0.0  # perf_counter when the last clip came back
 
-    def prefetch(self, frames: np.ndarray, indices) -> None:
-        if len(indices) > 1:
-            self.pending[tuple(indices)] = self.flows.submit(frames)
+    def sample(self, window, plan, progress):
+        import torch
 
-    def upscale(self, frames: np.ndarray, indices) -> np.ndarray:
-        if len(indices) > 1:
-            (self.pending.pop(tuple(indices), None) or self.flows.submit(frames)).result()
-        wait = self.seconds * len(indices)
+        frames = window.frames
+        wait = self.seconds * len(window.indices)
         self.started = self.started or time.perf_counter()
         time.sleep(wait)  # the GPU's work on the clip
         self.busy += wait
         t, h, w, c = frames.shape
         copy_start = time.perf_counter()
-        out = np.empty((t, h, self.scale, w, self.scale, c), np.float32)  # the host buffer of the copy
+        out = np.empty((t, h, 4, w, 4, c), np.float32)  # the host buffer of the copy
         out[...] = frames[:, :, None, :, None, :]  # nearest x4 in one pass, at about memcpy speed
         self.finished = time.perf_counter()
         self.copy_s += self.finished - copy_start
-        return out.reshape(t, h * self.scale, w * self.scale, c)  # (T, 4h, 4w, 3)
+        return torch.from_numpy(out.reshape(t, h * 4, w * 4, c))  # (T, 4h, 4w, 3)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -112,7 +113,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="vsrup-bench-host-") as tmp:
         source, target = Path(tmp) / "input.mp4", Path(tmp) / "output.mp4"
         make_video(source, args.frames, width, height)
-        with mock.patch.object(registry, "load", lambda config, emit: accelerator):
+        with mock.patch.object(registry.Choice, "load", lambda self, config, emit: accelerator):
             thread0, cpu0 = time.thread_time(), time.process_time()
             start = time.perf_counter()
             results = upscale([source], target, config)

@@ -5,7 +5,7 @@
 
 The pipeline benchmark (bench_pipeline.py) says where a job's time goes; this one says how fast the
 two networks run on one tile shape, and what the library's fast path buys: each network is timed in
-the default contiguous layout and in channels-last (what ``sd_x4.to_device`` uses), and with
+the default contiguous layout and in channels-last (what ``models.loading.to_device`` uses), and with
 ``--compile`` also compiled the way the library's ``--compile`` does it. Random full-size weights
 (``build_random_components``), the dtype's VAE rule (fp16 -> fp32 VAE), one ``torch.no_grad`` call
 per timing, CUDA synchronised around each. Per variant: best and median of ``--reps`` calls after
@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     from vsrup.device import resolve_device, resolve_dtype
-    from vsrup.models.sd_x4 import build_random_components
+    from vsrup.models.configs import build_random_components
 
     if args.threads:
         torch.set_num_threads(args.threads)

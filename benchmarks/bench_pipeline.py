@@ -1,40 +1,41 @@
-"""Seconds per output frame of the real x4 pipeline, split by stage, with counted FLOPs (issue 6; not a test).
+"""Seconds per output frame of the real pipeline, split by stage, with counted FLOPs (issues 6, 10; not a test).
 
     python benchmarks/bench_pipeline.py --size 32x32 --frames 4 --steps 2                  # CPU, < 1 min
+    python benchmarks/bench_pipeline.py --model stablevsr --size 32x32 --frames 4 --steps 2
     python benchmarks/bench_pipeline.py --device cuda --dtype bf16 --size 480x854 --frames 16 --steps 20 --guidance 1
     python benchmarks/bench_pipeline.py --flops-only --size 480x854 --steps 20 --guidance 1   # FLOP counts, no run
 
-What runs. The full-size SD x4 networks (``vsrup.models.sd_x4.build_random_components``: the real
-UNet, VAE and text-encoder configs, random weights) are built once, untimed. Then
+What runs. The full-size networks of ``--model`` (``vsrup.models.configs.build_random_components``: the
+real UNet, ControlNet, VAE and text-encoder configs, random weights) are built once, untimed. Then
 ``vsrup.pipeline.upscale`` runs on a generated H.264 + AAC video (``bench_memory.make_video``): probe,
 writer set-up, model construction (prompt encoding with the full-size text encoder), decode, clip
-planning, flow (``FlowWorker``), the sampler with tiles, CFG and the motion-guidance hook, tiled VAE
-decode, colour fix, cross-fade, encode and mux. Only the weight *loading* is replaced: four
-attributes are patched so that the loader returns the in-memory networks instead of reading
-safetensors (``hub.resolve`` -> a temporary folder holding a tokenizer and the two scheduler configs;
-``sd_x4.weights_variant`` -> None; ``sd_x4.CLIPTextModel.from_pretrained`` -> the in-memory text
-encoder; ``sd_x4.load_networks`` -> the in-memory UNet and VAE plus the schedulers read from the
-folder). Disk reads of the ~1.7 GB (fp16) / 3.4 GB (fp32) of weights are therefore not in the
+planning, flow (``FlowWorker``), the sampler with tiles (and for sd-x4 CFG and the motion-guidance
+hook; for StableVSR the frame-wise bidirectional loop with its ControlNet and per-step decodes), tiled
+VAE decode, colour fix, cross-fade, encode and mux. Only the weight *loading* is replaced:
+``models.loading.load_network`` returns the in-memory networks (placed channels-last by the library's
+own ``to_device``) instead of reading safetensors, and ``hub.resolve`` returns a temporary folder
+holding a tokenizer and the scheduler configs. Disk reads of the weights are therefore not in the
 timings; everything after them is. The tokenizer is tests/tiny_sd.py's tiny byte-level BPE: prompts
 tokenize differently from the real vocabulary, but every prompt is padded to 77 tokens, so the text
 encoder's work is the same.
 
 Stages (main thread, exclusive: a stage's time excludes stages nested in it), by wrapping, from here,
-the functions the pipeline calls:
+the functions and networks the pipeline calls:
   decode        media.probe.probe and every next() of media.decode.decode_frames
   flow          the main thread's wait in Future.result() for FlowWorker's flow
-  text_encoder  sd_x4.embed_prompts (tokenizer load, weights to device, 1 or 2 forward passes)
-  unet          sampling.loop.UNetDenoiser.__call__ for the sampler's calls (one call per tile batch)
+  text_encoder  models.loading.encode_prompts (tokenizer load, weights to device, 1 or 2 forward passes)
+  unet          every call of the UNet (one call per tile batch)
+  controlnet    every call of the ControlNet (StableVSR)
   guidance      the step hook returned by sd_x4.temporal_hook (motion guidance / propagation)
-  vae           each call of the decode fn returned by sd_x4.vae_decoder (one call per VAE tile)
-  color_fix     sd_x4.color_fix
+  vae           every vae.decode call (one per VAE tile)
+  color_fix     color.color_fix
   encode        media.encode.VideoWriter.__init__ (trial mux), .write, .close
   idle          wall time minus all of the above: clip planning, tile stacking and blending, scheduler
-                steps, noise draws, CFG combination, cross-fade, float<->numpy copies, Python
+                steps, noise draws, CFG combination, warps, cross-fade, float<->numpy copies, Python
 Flow runs in a worker thread; its busy time is reported separately (flow_worker_busy_s). On CUDA
 every GPU stage synchronises on entry and exit, so its time is its own.
 
-FLOPs are counted, not estimated: every UNet and VAE call's input shape is recorded, and each distinct
+FLOPs are counted, not estimated: every network call's input shape is recorded, and each distinct
 shape is counted once with torch.utils.flop_counter.FlopCounterMode on meta-device copies of the
 same networks (1 MAC = 2 FLOP), then multiplied by the calls made. The text encoder likewise.
 Achieved TFLOP/s = counted FLOPs / the stage's measured seconds.
@@ -64,8 +65,8 @@ from pathlib import Path
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("decode", "flow", "text_encoder", "unet", "guidance", "vae", "color_fix", "encode", "idle")
-COMPUTE = ("unet", "vae", "text_encoder")  # overhead_fraction: the share of wall time outside these
+STAGES = ("decode", "flow", "text_encoder", "unet", "controlnet", "guidance", "vae", "color_fix", "encode", "idle")
+COMPUTE = ("unet", "controlnet", "vae", "text_encoder")  # overhead_fraction: the share of wall time outside these
 
 
 # --- stage timing -----------------------------------------------------------------------------
@@ -128,62 +129,71 @@ class TimedFuture:
         return getattr(self.future, name)
 
 
+class Timed:
+    """A network as the library sees it, whose calls (and ``decode``, for the VAE) are timed as one stage.
+
+    Attributes (config, device, dtype, submodules, ``compile``) are the network's own, so the library
+    loads, places and compiles it as usual; only the calls pass through here. Input shapes are recorded
+    for the FLOP count.
+    """
+
+    def __init__(self, network, name: str, stages: Stages, record: dict):
+        self.__dict__.update(inner=network, name=name, stages=stages, record=record)
+
+    def __getattr__(self, attribute):
+        return getattr(self.inner, attribute)
+
+    def __call__(self, x, t, encoder_hidden_states, **kwargs):
+        control = kwargs.get("controlnet_cond")
+        self.record[self.name].append((tuple(x.shape), tuple(encoder_hidden_states.shape), None if control is None else tuple(control.shape)))
+        with self.stages(self.name, gpu=True):
+            return self.inner(x, t, encoder_hidden_states=encoder_hidden_states, **kwargs)
+
+    def decode(self, z, *args, **kwargs):
+        self.record[self.name].append(tuple(z.shape))
+        with self.stages(self.name, gpu=True):
+            return self.inner.decode(z, *args, **kwargs)
+
+
 @contextlib.contextmanager
-def instrumented(stages: Stages, record: dict, injected: dict, folder: Path):
+def instrumented(stages: Stages, record: dict, injected: dict, folder: Path, family: str):
     """Patch the loader (inject in-memory networks) and wrap the pipeline's stage functions."""
+    import vsrup.color as color_mod
     import vsrup.flow as flow_mod
     import vsrup.media.decode as decode_mod
     import vsrup.media.encode as encode_mod
     import vsrup.media.probe as probe_mod
     import vsrup.models.hub as hub_mod
+    import vsrup.models.loading as loading_mod
     import vsrup.models.sd_x4 as sd
-    from vsrup.sampling.loop import UNetDenoiser
+    import vsrup.models.stablevsr as svsr
 
+    family_mod = svsr if family == "stablevsr" else sd
     orig = dict(
-        unet=UNetDenoiser.__call__, vae_decoder=sd.vae_decoder, embed=sd.embed_prompts, hook=sd.temporal_hook,
-        color_fix=sd.color_fix, estimate_flow=flow_mod.estimate_flow, submit=flow_mod.FlowWorker.submit,
+        encode=loading_mod.encode_prompts, hook=sd.temporal_hook, to_device=loading_mod.to_device,
+        color_fix=color_mod.color_fix, estimate_flow=flow_mod.estimate_flow, submit=flow_mod.FlowWorker.submit,
         decode=decode_mod.decode_frames, probe=probe_mod.probe, w_init=encode_mod.VideoWriter.__init__,
         w_write=encode_mod.VideoWriter.write, w_close=encode_mod.VideoWriter.close,
-        schedulers=sd.DDIMScheduler, low_res=sd.DDPMScheduler,
     )
 
-    # Injection: the loader returns the in-memory networks (no safetensors read).
-    class TextEncoderFromMemory:
-        @staticmethod
-        def from_pretrained(*args, **kwargs):
-            return injected["text_encoder"]
-
-    def load_networks(folder_, device, dtype):
-        unet, vae = injected["unet"], injected["vae"]
-        scheduler_config = orig["schedulers"].load_config(folder_, subfolder="scheduler")
-        low_res = orig["low_res"].from_pretrained(folder_, subfolder="low_res_scheduler")
-        return unet.to(device).eval(), vae.to(device).eval(), scheduler_config, low_res
+    # Injection: the loader returns the in-memory networks (no safetensors read), placed as it places them.
+    def load_network(cls, folder_, subfolder, stem, dtype, device):
+        network = injected[subfolder]
+        if subfolder == "text_encoder":
+            return network.to(device).eval()
+        return Timed(orig["to_device"](network, device), {"unet": "unet", "controlnet": "controlnet", "vae": "vae"}[subfolder], stages, record)
 
     # Timing wrappers.
-    def unet_call(self, x, t, text, noise_level):
-        record["unet"].append((tuple(x.shape), tuple(text.shape)))
-        with stages("unet", gpu=True):
-            return orig["unet"](self, x, t, text, noise_level)
-
-    def vae_decoder(vae):
-        decode = orig["vae_decoder"](vae)
-
-        def timed(latents):
-            record["vae"].append(tuple(latents.shape))
-            with stages("vae", gpu=True):
-                return decode(latents)
-
-        return timed
-
-    def embed_prompts(folder_, sample, device, dtype, emit):
+    def encode_prompts(folder_, texts, device, dtype, emit):
         with stages("text_encoder", gpu=True):
-            text = orig["embed"](folder_, sample, device, dtype, emit)
+            out = orig["encode"](folder_, texts, device, dtype, emit)
+        record["text_encoder"].append(len(texts))
         if device.type != "cpu":  # the library frees its copy; ours goes back to the host, untimed
             injected["text_encoder"].to("cpu")
             import torch
 
             torch.cuda.empty_cache()
-        return text
+        return out
 
     def temporal_hook(*args, **kwargs):
         hook = orig["hook"](*args, **kwargs)
@@ -242,14 +252,11 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path):
 
     patches = [
         mock.patch.object(hub_mod, "resolve", lambda *a, **k: folder),
-        mock.patch.object(sd, "weights_variant", lambda *a, **k: None),
-        mock.patch.object(sd, "CLIPTextModel", TextEncoderFromMemory),
-        mock.patch.object(sd, "load_networks", load_networks),
-        mock.patch.object(UNetDenoiser, "__call__", unet_call),
-        mock.patch.object(sd, "vae_decoder", vae_decoder),
-        mock.patch.object(sd, "embed_prompts", embed_prompts),
+        mock.patch.object(family_mod, "load_network", load_network),
+        mock.patch.object(loading_mod, "load_network", load_network),
+        mock.patch.object(family_mod, "encode_prompts", encode_prompts),
         mock.patch.object(sd, "temporal_hook", temporal_hook),
-        mock.patch.object(sd, "color_fix", color_fix),
+        mock.patch.object(color_mod, "color_fix", color_fix),
         mock.patch.object(flow_mod, "estimate_flow", estimate_flow),
         mock.patch.object(flow_mod.FlowWorker, "submit", submit),
         mock.patch.object(decode_mod, "decode_frames", decode_frames),
@@ -268,7 +275,7 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path):
 
 
 def write_model_folder(folder: Path, components: dict) -> None:
-    """What the loader still reads from disk: the tokenizer and the two scheduler configs."""
+    """What the loader still reads from disk: the tokenizer and the scheduler configs."""
     sys.path.insert(0, str(ROOT / "tests"))
     try:
         from tiny_sd import write_tiny_clip_tokenizer_files
@@ -281,19 +288,19 @@ def write_model_folder(folder: Path, components: dict) -> None:
     tokenizer = CLIPTokenizer(vocab=str(source / "vocab.json"), merges=str(source / "merges.txt"), pad_token="!")
     tokenizer.model_max_length = 77
     tokenizer.save_pretrained(folder / "tokenizer")
-    components["scheduler"].save_pretrained(folder / "scheduler")
-    components["low_res_scheduler"].save_pretrained(folder / "low_res_scheduler")
+    for name in ("scheduler", "low_res_scheduler"):
+        if name in components:
+            components[name].save_pretrained(folder / name)
 
 
 class FlopCounter:
     """FLOPs of one call of each network at a given input shape, counted on meta-device copies."""
 
-    def __init__(self):
-        from vsrup.models.sd_x4 import build_random_components
+    def __init__(self, family: str = "sd-x4"):
+        from vsrup.models.configs import build_random_components
 
         with quiet():
-            meta = build_random_components("meta")
-        self.unet, self.vae, self.text_encoder = meta["unet"], meta["vae"], meta["text_encoder"]
+            self.meta = build_random_components("meta", family=family)
         self.cache: dict = {}
 
     def _count(self, key, fn) -> int:
@@ -306,26 +313,40 @@ class FlopCounter:
             self.cache[key] = counter.get_total_flops()
         return self.cache[key]
 
-    def unet_call(self, x_shape, text_shape) -> int:
+    def unet_call(self, x_shape, text_shape, control_shape=None) -> int:
+        """The UNet on (N, 7, h, w); the ControlNet's residuals it adds are a few additions, left out."""
+        import torch
+
+        unet = self.meta["unet"]
+
+        def run():
+            x = torch.empty(x_shape, device="meta")  # (N, 7, h, w)
+            text = torch.empty(text_shape, device="meta")  # (N, 77, D)
+            labels = torch.zeros(x_shape[0], dtype=torch.long, device="meta") if unet.config.num_class_embeds else None  # (N,)
+            unet(x, torch.tensor(999, device="meta"), encoder_hidden_states=text, class_labels=labels, return_dict=False)
+
+        return self._count(("unet", x_shape, text_shape), run)
+
+    def controlnet_call(self, x_shape, text_shape, control_shape) -> int:
         import torch
 
         def run():
             x = torch.empty(x_shape, device="meta")  # (N, 7, h, w)
             text = torch.empty(text_shape, device="meta")  # (N, 77, D)
-            levels = torch.zeros(x_shape[0], dtype=torch.long, device="meta")  # (N,)
-            self.unet(x, torch.tensor(999, device="meta"), encoder_hidden_states=text, class_labels=levels, return_dict=False)
+            control = torch.empty(control_shape, device="meta")  # (N, 3, 4h, 4w)
+            self.meta["controlnet"](x, torch.tensor(999, device="meta"), encoder_hidden_states=text, controlnet_cond=control, return_dict=False)
 
-        return self._count(("unet", x_shape, text_shape), run)
+        return self._count(("controlnet", x_shape, text_shape, control_shape), run)
 
     def vae_call(self, z_shape) -> int:
         import torch
 
-        return self._count(("vae", z_shape), lambda: self.vae.decode(torch.empty(z_shape, device="meta")))
+        return self._count(("vae", z_shape), lambda: self.meta["vae"].decode(torch.empty(z_shape, device="meta")))
 
     def text_call(self) -> int:
         import torch
 
-        return self._count(("text",), lambda: self.text_encoder(torch.zeros(1, 77, dtype=torch.long, device="meta")))
+        return self._count(("text",), lambda: self.meta["text_encoder"](torch.zeros(1, 77, dtype=torch.long, device="meta")))
 
 
 def matmul_tflops(device, dtype, n: int | None = None, reps: int = 5) -> float:
@@ -418,16 +439,17 @@ def _commit() -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="sd-x4", choices=("sd-x4", "stablevsr"), help="the family whose full-size networks run")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     p.add_argument("--dtype", default="auto", help="auto|fp32|fp16|bf16 (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--size", default="32x32", help="input HxW (= latent size; the output is 4x)")
     p.add_argument("--frames", type=int, default=4, help="frames of the generated input video")
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale; default: the library's (6.0); <= 1 disables CFG")
-    p.add_argument("--motion-guidance", type=float, default=None, help="default: the library's (0.5); 0 disables the hook and the flow")
+    p.add_argument("--guidance", type=float, default=None, help="sd-x4 only: CFG scale; default: the model's (6.0); <= 1 disables CFG")
+    p.add_argument("--motion-guidance", type=float, default=None, help="sd-x4 only: default: the model's (0.5); 0 disables the hook and the flow")
     p.add_argument("--tile", type=int, default=None, help="UNet tile in latent px; default auto (the memory plan), 0 = untiled")
     p.add_argument("--clip-len", type=int, default=None, help="default: the library's (8)")
-    p.add_argument("--compile", action="store_true", help="the library's --compile: torch.compile the UNet and the VAE decoder (warm-up runs compile)")
+    p.add_argument("--compile", action="store_true", help="the library's --compile: torch.compile the networks (warm-up runs compile)")
     p.add_argument("--warmup", type=int, default=None, help="untimed full runs first (default: 1 on CUDA or with --compile, else 0)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--flops-only", action="store_true", help="print counted FLOPs per frame at --size (tiled and untiled; --tile sets the tile, default 128); no run")
@@ -435,36 +457,70 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def flops_only(args, height: int, width: int) -> dict:
-    """Counted FLOPs per frame at --size: the UNet untiled and in the auto plan's tiles (128, overlap 32),
-    the VAE decode untiled and in its tiles (128, overlap 32), the text encoder; and the floor at 800 TFLOP/s."""
+def sample_options(args):
+    """The job's SampleConfig: the model's defaults but for what the arguments set."""
     from vsrup.config import SampleConfig
+
+    x4_only = {"guidance": args.guidance, "motion_guidance": args.motion_guidance} if args.model == "sd-x4" else {}
+    if args.model != "sd-x4" and (args.guidance is not None or args.motion_guidance is not None):
+        raise SystemExit("--guidance and --motion-guidance are sd-x4 options")
+    chosen = dict(steps=args.steps, tile=args.tile, compile=args.compile, **x4_only)
+    if args.clip_len:
+        chosen.update(clip_len=args.clip_len, clip_overlap=min(SampleConfig.clip_overlap, args.clip_len - 1))
+    return SampleConfig(**{k: v for k, v in chosen.items() if v is not None})
+
+
+def flops_only(args, height: int, width: int) -> dict:
+    """Counted FLOPs per frame at --size, the networks untiled and in the auto plan's tiles (128, overlap 32),
+    the VAE decode in its tiles (128, overlap 32), the text encoder; and the floor at 800 TFLOP/s.
+
+    sd-x4: steps x (1 or 2 with CFG) UNet calls and one decode per frame. StableVSR: per step and frame one
+    UNet call and, for all but the first frame a pass visits, a ControlNet call and a high-resolution decode
+    of the neighbour's estimate ((T - 1) / T of a frame in a window of T = --clip-len, default 8), then one decode.
+    """
+    from vsrup.config import SampleConfig, UpscaleConfig
+    from vsrup.models.registry import choose
     from vsrup.sampling.tiles import plan
 
-    defaults = SampleConfig()
-    counter = FlopCounter()
+    sample = choose(args.model).settle(UpscaleConfig(sample=sample_options(args))).sample
+    counter = FlopCounter(args.model)
     tile = args.tile if args.tile is not None else 128
-    overlap = min(defaults.tile_overlap, tile // 4) if tile else 0
+    overlap = min(SampleConfig().tile_overlap, tile // 4) if tile else 0
     n_tiles = len(plan(1, height, width, tile, overlap)) if tile else 1
     side = (min(tile, height), min(tile, width)) if tile else (height, width)
-    unet_whole = counter.unet_call((1, 7, height, width), (1, 77, 1024))
-    unet_tiled = n_tiles * counter.unet_call((1, 7, *side), (1, 77, 1024))
+    text = (1, 77, 1024)
+    unet_whole = counter.unet_call((1, 7, height, width), text)
+    unet_tiled = n_tiles * counter.unet_call((1, 7, *side), text)
     vae_whole = counter.vae_call((1, 4, height, width))
     vae_tiled = n_tiles * counter.vae_call((1, 4, *side))
     px = height * width
-    cfg = 2 if (args.guidance if args.guidance is not None else defaults.guidance) > 1.0 else 1
-    per_frame = {"untiled": args.steps * cfg * unet_whole + vae_tiled, "tiled": args.steps * cfg * unet_tiled + vae_tiled}
-    return {
-        "size": f"{height}x{width}", "steps": args.steps, "cfg": cfg == 2, "tile": tile, "overlap": overlap, "tiles": n_tiles,
-        "unet_flops_untiled": unet_whole, "unet_mflop_per_px_untiled": unet_whole / px / 1e6,
-        "unet_flops_tiled": unet_tiled,
-        "vae_flops_untiled": vae_whole, "vae_mflop_per_px_untiled": vae_whole / px / 1e6,
-        "vae_flops_tiled": vae_tiled,
+    result = {
+        "model": args.model, "size": f"{height}x{width}", "steps": sample.steps, "tile": tile, "overlap": overlap, "tiles": n_tiles,
+        "unet_flops_untiled": unet_whole, "unet_mflop_per_px_untiled": unet_whole / px / 1e6, "unet_flops_tiled": unet_tiled,
+        "vae_flops_untiled": vae_whole, "vae_mflop_per_px_untiled": vae_whole / px / 1e6, "vae_flops_tiled": vae_tiled,
         "text_encoder_flops_per_prompt": counter.text_call(),
+    }
+    if args.model == "stablevsr":
+        t_frames = sample.clip_len
+        guided = (t_frames - 1) / t_frames  # frames of a pass that get the ControlNet and a decode
+        control_whole = counter.controlnet_call((1, 7, height, width), text, (1, 3, 4 * height, 4 * width))
+        control_tiled = n_tiles * counter.controlnet_call((1, 7, *side), text, (1, 3, 4 * side[0], 4 * side[1]))
+        per_frame = {
+            "untiled": sample.steps * (unet_whole + guided * (control_whole + vae_tiled)) + vae_tiled,
+            "tiled": sample.steps * (unet_tiled + guided * (control_tiled + vae_tiled)) + vae_tiled,
+        }
+        result.update(window=t_frames, controlnet_flops_untiled=control_whole, controlnet_flops_tiled=control_tiled,
+                      controlnet_mflop_per_px_untiled=control_whole / px / 1e6)
+    else:
+        cfg = 2 if sample.guidance > 1.0 else 1
+        per_frame = {"untiled": sample.steps * cfg * unet_whole + vae_tiled, "tiled": sample.steps * cfg * unet_tiled + vae_tiled}
+        result.update(cfg=cfg == 2)
+    result.update({
         "frame_flops_unet_untiled": per_frame["untiled"], "frame_flops_unet_tiled": per_frame["tiled"],
         "floor_s_per_frame_at_800_tflops_unet_untiled": per_frame["untiled"] / 800e12,
         "floor_s_per_frame_at_800_tflops_unet_tiled": per_frame["tiled"] / 800e12,
-    }
+    })
+    return result
 
 
 def main(argv=None) -> dict:
@@ -482,9 +538,10 @@ def main(argv=None) -> dict:
         from bench_memory import make_video
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    from vsrup.config import SampleConfig, UpscaleConfig
+    from vsrup.config import UpscaleConfig
     from vsrup.device import resolve_device, resolve_dtype
-    from vsrup.models.sd_x4 import build_random_components, to_device
+    from vsrup.models.configs import build_random_components
+    from vsrup.models.registry import choose
     from vsrup.pipeline import upscale
 
     if args.threads:
@@ -497,21 +554,12 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     torch.manual_seed(0)
     with quiet():
-        components = build_random_components("cpu", dtype)
-    # Placed as the library's loader places them (channels-last): part of loading, not of the timed run.
-    injected = {"unet": to_device(components["unet"], device), "vae": to_device(components["vae"], device), "text_encoder": components["text_encoder"]}
+        components = build_random_components("cpu", dtype, family=args.model)
+    injected = {name: components[name] for name in ("unet", "controlnet", "vae", "text_encoder") if name in components}
     build_s = time.perf_counter() - started
 
-    defaults = SampleConfig()
-    sample = SampleConfig(
-        steps=args.steps,
-        guidance=defaults.guidance if args.guidance is None else args.guidance,
-        motion_guidance=defaults.motion_guidance if args.motion_guidance is None else args.motion_guidance,
-        tile=args.tile,
-        clip_len=args.clip_len or defaults.clip_len,
-        compile=args.compile,
-    )
     dtype_name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    sample = choose(args.model).settle(UpscaleConfig(sample=sample_options(args))).sample
 
     with tempfile.TemporaryDirectory(prefix="vsrup-bench-") as tmp:
         tmp = Path(tmp)
@@ -519,11 +567,11 @@ def main(argv=None) -> dict:
         write_model_folder(folder, components)
         source = tmp / "input.mp4"
         make_video(source, args.frames, width, height)
-        config = UpscaleConfig(scale=4, model=str(folder), device=str(device), dtype=dtype_name, overwrite=True, sample=sample)
+        config = UpscaleConfig(scale=4, model=args.model, device=str(device), dtype=dtype_name, overwrite=True, sample=sample)
 
         def run(events: list):
             stages, record = Stages(device), defaultdict(list)
-            with instrumented(stages, record, injected, folder), quiet():
+            with instrumented(stages, record, injected, folder, args.model), quiet():
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
@@ -547,11 +595,11 @@ def main(argv=None) -> dict:
         peak_mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss
 
     # 2. FLOPs of the calls made, counted per distinct shape.
-    counter = FlopCounter()
-    unet_flops = sum(counter.unet_call(x, t) for x, t in record["unet"])
+    counter = FlopCounter(args.model)
+    unet_flops = sum(counter.unet_call(*call) for call in record["unet"])
+    controlnet_flops = sum(counter.controlnet_call(*call) for call in record["controlnet"])
     vae_flops = sum(counter.vae_call(z) for z in record["vae"])
-    text_calls = 2 if sample.guidance > 1.0 else 1
-    text_flops = text_calls * counter.text_call()
+    text_flops = sum(record["text_encoder"]) * counter.text_call()
     matmul, conv = matmul_tflops(device, dtype), conv_tflops(device, dtype)
     peak = max(matmul, conv)
 
@@ -562,14 +610,15 @@ def main(argv=None) -> dict:
     # VAE call; before it, probe, output set-up, model set-up, prompts, the first clip's decode and flow; after
     # it, the last clip's colour fix, cross-fade and the encoder's drain and close.
     steady_start, steady_end = stages.first_start["unet"], stages.last_end["vae"]
-    steady_compute = seconds["unet"] + seconds["vae"]
-    total_flops = unet_flops + vae_flops + text_flops
+    steady_compute = seconds["unet"] + seconds["controlnet"] + seconds["vae"]
+    total_flops = unet_flops + controlnet_flops + vae_flops + text_flops
 
     def rate(flops, s):
         return flops / s / 1e12 if s > 0 else None
 
     plan_lines = [e.message for e in events if e.kind == "info" and e.message.startswith("memory plan")]
     result = {
+        "model": args.model,
         "s_per_frame": wall / frames,
         "wall_s": wall,
         "frames": frames,
@@ -581,21 +630,24 @@ def main(argv=None) -> dict:
         "drain_s": run_start + wall - steady_end,
         "steady_overhead_fraction": 1 - steady_compute / (steady_end - steady_start),
         "unet_tflops": rate(unet_flops, seconds["unet"]),
+        "controlnet_tflops": rate(controlnet_flops, seconds["controlnet"]),
         "vae_tflops": rate(vae_flops, seconds["vae"]),
         "text_encoder_tflops": rate(text_flops, seconds["text_encoder"]),
         "unet_flops": unet_flops,
+        "controlnet_flops": controlnet_flops,
         "vae_flops": vae_flops,
         "text_encoder_flops": text_flops,
-        "unet_calls": Counter(f"{x}" for x, _ in record["unet"]),
+        "flops_per_frame": total_flops / frames,
+        "unet_calls": Counter(f"{call[0]}" for call in record["unet"]),
         "vae_calls": Counter(f"{z}" for z in record["vae"]),
-        "unet_mflop_per_latent_px_per_sample": unet_flops / sum(x[0] * x[2] * x[3] for x, _ in record["unet"]) / 1e6 if record["unet"] else None,
+        "unet_mflop_per_latent_px_per_sample": unet_flops / sum(c[0][0] * c[0][2] * c[0][3] for c in record["unet"]) / 1e6 if record["unet"] else None,
         "matmul_tflops": matmul,
         "conv_tflops": conv,
         "floor_s_per_frame": total_flops / frames / (peak * 1e12),
         "peak_mem_bytes": peak_mem,
         "peak_rss_bytes": peak_rss,
         "settings": {
-            "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "model": args.model, "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "dtype": dtype_name, "size": f"{height}x{width}", "frames": args.frames, "steps": sample.steps,
             "guidance": sample.guidance, "motion_guidance": sample.motion_guidance, "tile": sample.tile,
             "clip_len": sample.clip_len, "compile": sample.compile, "warmup": warmup, "threads": torch.get_num_threads(),
@@ -610,14 +662,16 @@ def main(argv=None) -> dict:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['s_per_frame']:.3f} s/frame ({frames} frames in {wall:.2f} s), overhead fraction {result['overhead_fraction']:.3f} "
+        print(f"{args.model}: {result['s_per_frame']:.3f} s/frame ({frames} frames in {wall:.2f} s), overhead fraction {result['overhead_fraction']:.3f} "
               f"({result['startup_s']:.2f} s startup, steady {result['steady_overhead_fraction']:.3f}, {result['drain_s']:.2f} s drain)")
         for name, s in seconds.items():
             print(f"  {name:<13}{s:9.3f} s  {100 * s / wall:5.1f}%")
         print(f"  flow worker busy {stages.flow_busy:.3f} s (off the main thread)")
-        for name, flops, s in (("UNet", unet_flops, seconds["unet"]), ("VAE", vae_flops, seconds["vae"]), ("text", text_flops, seconds["text_encoder"])):
+        for name, flops, s in (("UNet", unet_flops, seconds["unet"]), ("CNet", controlnet_flops, seconds["controlnet"]),
+                               ("VAE", vae_flops, seconds["vae"]), ("text", text_flops, seconds["text_encoder"])):
             print(f"  {name:<5}{flops / 1e12:9.3f} TFLOP counted  {rate(flops, s) or 0:8.3f} TFLOP/s")
-        print(f"  matmul {matmul:.3f}, conv {conv:.3f} TFLOP/s -> FLOP floor {result['floor_s_per_frame']:.3f} s/frame")
+        print(f"  {total_flops / frames / 1e12:.3f} TFLOP per frame; matmul {matmul:.3f}, conv {conv:.3f} TFLOP/s "
+              f"-> FLOP floor {result['floor_s_per_frame']:.3f} s/frame")
         print(f"  peak memory {peak_mem / 2**30:.2f} GiB, peak RSS {peak_rss / 2**30:.2f} GiB; {plan_lines}")
     return result
 

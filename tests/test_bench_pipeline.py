@@ -39,3 +39,19 @@ def test_bench_pipeline_json(capsys, one_torch_thread):
     assert printed["unet_calls"] == {"(2, 7, 16, 16)": 1}
     assert printed["unet_tflops"] > 0 and printed["vae_tflops"] > 0
     assert printed["peak_mem_bytes"] > 1e9  # the full-size fp32 networks are resident
+
+
+@pytest.mark.slow  # ~30 s: the full-size StableVSR networks (UNet, ControlNet, VAE, text encoder) on a 2-core CPU
+def test_bench_pipeline_stablevsr_counts_what_its_loop_calls(capsys, one_torch_thread):
+    """One step on a window of 2 frames: 2 UNet calls, 1 ControlNet call and 1 decode of the neighbour's
+    estimate, then 2 decodes; the FLOPs counted in the run equal what --flops-only says per frame."""
+    bench = load_script()
+    args = ["--model", "stablevsr", "--size", "16x16", "--steps", "1", "--clip-len", "2"]
+    result = bench.main(["--device", "cpu", *args, "--frames", "2", "--threads", "1", "--json"])
+    assert result["unet_calls"] == {"(1, 7, 16, 16)": 2}
+    assert result["vae_calls"] == {"(1, 4, 16, 16)": 3}
+    assert result["stage_calls"]["controlnet"] == 1 and result["controlnet_flops"] > 0
+    counted = result["unet_flops"] + result["controlnet_flops"] + result["vae_flops"]
+    per_frame = bench.main([*args, "--tile", "0", "--flops-only", "--json"])["frame_flops_unet_untiled"]
+    assert counted == pytest.approx(2 * per_frame, rel=1e-9)
+    capsys.readouterr()
