@@ -28,6 +28,8 @@ from vsrup.resize import lanczos_resize
 from vsrup.runner import Flows, ModelRunner
 from vsrup.threads import Ahead, Behind
 
+QUEUE_BYTES = 256 * 2**20  # float32 RGB frames each background queue (decode ahead, encode behind) may hold
+QUEUE_FRAMES = 8  # and at most this many frames (at least one): enough to keep the model fed
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".m2ts", ".mts", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
 
 
@@ -151,8 +153,8 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
             upscaler = model.get()
             # Decoding runs a clip ahead and encoding a clip behind, each in its own thread.
             frames = decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit)
-            depth = config.sample.clip_len
-            with Ahead(frames, depth, "vsrup-decode") as decoded, Behind(writer.write, depth, "vsrup-encode") as encode:
+            ahead, behind = queue_depth(info.video.width * info.video.height), queue_depth(width * height)
+            with Ahead(frames, ahead, "vsrup-decode") as decoded, Behind(writer.write, behind, "vsrup-encode") as encode:
                 for frame, image in upscale_frames(decoded, upscaler, config, in_span(first, stop), stop, total=total, emit=emit):
                     encode.submit(image, frame.pts)
                     written += 1
@@ -161,6 +163,11 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
         if written == 0:
             raise InputDataError(f"{job.source}: no frames in the range {first}:{'' if stop is None else stop}")
     return written
+
+
+def queue_depth(pixels: int) -> int:
+    """How many float32 RGB frames of ``pixels`` a background queue holds: QUEUE_BYTES of them, 1 to QUEUE_FRAMES."""
+    return max(1, min(QUEUE_FRAMES, QUEUE_BYTES // (12 * pixels)))
 
 
 def frame_span(config: UpscaleConfig, n_frames: int | None) -> tuple[int, int | None]:
@@ -206,7 +213,8 @@ def upscale_frames(
 def stream_clips(frames, model, runner: ModelRunner, flows: Flows, config: UpscaleConfig, wanted, stop):
     """Clip models: overlapping clips, sampled whole, cross-faded; the next clip's flow estimated ahead."""
     s = config.sample
-    fade = CrossFade(s.clip_overlap)
+    clip_len, overlap = (model.info.window, 0) if model.info.window else (s.clip_len, s.clip_overlap)
+    fade = CrossFade(overlap)
     pending: dict[int, Indexed] = {}
 
     def final(pairs):
@@ -216,7 +224,7 @@ def stream_clips(frames, model, runner: ModelRunner, flows: Flows, config: Upsca
                 yield frame, image
 
     def needed():
-        for clip in plan(frames, s.clip_len, s.clip_overlap, s.scene_threshold):
+        for clip in plan(frames, clip_len, overlap, s.scene_threshold if clip_len > 1 else 0.0):
             if stop is not None and clip.start >= stop:
                 return
             if any(wanted(i) for i in clip.indices):
@@ -317,8 +325,9 @@ def _upscale_folder(job: Job, choice: Choice, config: UpscaleConfig, emit: Emit)
         write_image(item.target, rgb, alpha, like=item.source)
 
     written = 0
-    depth = config.sample.clip_len
-    with Ahead(items(), depth, "vsrup-read") as read, Behind(write, depth, "vsrup-write") as save:
+    first = read_image(paths[min(todo)]).rgb
+    ahead, behind = queue_depth(first.shape[0] * first.shape[1]), queue_depth(first.shape[0] * first.shape[1] * config.scale**2)
+    with Ahead(items(), ahead, "vsrup-read") as read, Behind(write, behind, "vsrup-write") as save:
         for item, rgb in upscale_frames(read, upscaler, config, todo.__contains__, total=len(todo), emit=emit):
             save.submit(item, rgb)
             written += 1

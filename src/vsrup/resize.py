@@ -42,8 +42,11 @@ def _resample(x: np.ndarray, axis: int, n_out: int) -> np.ndarray:
     shape = [1] * x.ndim
     shape[axis] = n_out
     out = np.zeros(x.shape[:axis] + (n_out,) + x.shape[axis + 1 :], np.float32)
+    tap = np.empty_like(out)  # one output-sized scratch buffer, reused by every tap
     for k in range(index.shape[1]):
-        out += np.take(x, index[:, k], axis=axis) * weight[:, k].reshape(shape)
+        np.take(x, index[:, k], axis=axis, out=tap)
+        tap *= weight[:, k].reshape(shape)
+        out += tap
     return out
 
 

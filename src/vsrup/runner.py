@@ -90,7 +90,7 @@ class ModelRunner:
         if self.model.info.generative and method != "none":
             lr = torch.from_numpy(window.frames).to(out.device)  # (T, h, w, 3)
             out = color_fix(out, bicubic_upscale(lr, out.shape[1], out.shape[2]), method)  # (T, H', W', 3)
-        images = out.clamp(0, 1).cpu().numpy()  # (T, H', W', 3)
+        images = out.clamp_(0, 1).cpu().numpy()  # (T, H', W', 3)
         scale = self.config.scale
         height, width = window.frames.shape[1] * scale, window.frames.shape[2] * scale
         if images.shape[1:3] == (height, width):

@@ -19,8 +19,9 @@ Two kinds of model:
 
 * **clip** (sd-x4, StableVSR): ``sample(window, plan, progress)`` gets consecutive frames with their
   input indices (which seed their noise) and, if ``info.flow``, the flow between neighbours, and
-  returns outputs for the same frames. Windows overlap and are cross-faded by the pipeline; a
-  frame's result may depend only on the window that holds it.
+  returns outputs for the same frames. Windows (``--clip-len`` frames, or ``info.window``) overlap
+  and are cross-faded by the pipeline; a frame's result may depend only on the window that holds it.
+  A model whose frames are independent (lanczos) sets ``window`` 1: no overlap, nothing blended.
 * **sequential** (causal models): ``step(window, state, plan, progress)`` gets one frame (T = 1) and
   the state returned for the previous frame, and returns (output, new state). ``state`` is None at
   a restart point: the first frame of a shot (a scene cut, a change of frame size), and every
@@ -58,6 +59,7 @@ class ModelInfo:
     generative: bool  # a diffusion model: its frames get the colour fix, and CPU jobs the time estimate
     cost: Cost | None  # its device calls, for the memory plan; None when it has no device work
     restart_every: int | None = None  # sequential models: the state also restarts every this many frames
+    window: int | None = None  # clip models: frames sampled together; None = the job's --clip-len, 1 = frames independent
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class ClipModel(Protocol):
     def sample(self, window: Window, plan: MemoryPlan, progress: Progress) -> torch.Tensor:
         """(T, h, w, 3) frames -> (T, h * scale, w * scale, 3) float32 on any device, nominally [0, 1].
 
-        Not clamped and not colour-fixed: the pipeline does both. ``plan`` may change between calls
+        Not clamped and not colour-fixed: the pipeline does both, in place. ``plan`` may change between calls
         (out-of-memory retries call again with a smaller one, and must get the same frames).
         """
         ...

@@ -21,8 +21,8 @@ def settle(sample: SampleConfig) -> SampleConfig:
 class Model:
     def __init__(self, source: str | None, config: UpscaleConfig, emit: Emit = ignore):
         self.device = torch.device("cpu")
-        # Native at every asked scale: the pipeline has nothing to resize.
-        self.info = ModelInfo(name="lanczos", scale=config.scale, kind="clip", flow=False, generative=False, cost=None)
+        # Native at every asked scale: the pipeline has nothing to resize. Frames are independent: windows of one.
+        self.info = ModelInfo(name="lanczos", scale=config.scale, kind="clip", flow=False, generative=False, cost=None, window=1)
 
     def sample(self, window: Window, plan: MemoryPlan | None, progress: Progress) -> torch.Tensor:
         t, h, w, _ = window.frames.shape  # (T, h, w, 3)
