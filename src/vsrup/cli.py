@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line per error, documented exit codes, never a traceback for bad input."""
     import logging
 
-    from vsrup.outputs import install_signal_handlers
+    from vsrup.outputs import hold_signals, install_signal_handlers
 
     install_signal_handlers()
     # FFmpeg's messages reach Python logging as "libav"; its last error is already in the exception text.
@@ -472,4 +472,6 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"vsrup: error: internal error: {type(e).__name__}: {e} (VSRUP_DEBUG=1 shows the traceback)", file=sys.stderr)
         sys.exit(1)
+    finally:
+        hold_signals()  # the work is over: a signal now would only interrupt Python's shutdown
     sys.exit(code or 0)

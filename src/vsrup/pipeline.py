@@ -19,7 +19,7 @@ from vsrup.clips import CrossFade, Indexed, plan
 from vsrup.config import UpscaleConfig
 from vsrup.errors import EXIT_RUNTIME, InputDataError, Interrupted, UsageError, VsrupError
 from vsrup.events import Emit, Event, ignore
-from vsrup.outputs import atomic_output, check_output
+from vsrup.outputs import atomic_output, check_output, release_signals
 from vsrup.resize import lanczos_resize
 from vsrup.threads import Ahead, Behind
 
@@ -48,7 +48,8 @@ def plan_jobs(inputs: Sequence[Path], output: Path, fmt: str | None = None) -> l
     sources: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+            # Hidden files include vsrup's own temporary ones (a killed run's ".o.vsrup-PID.partial.mp4").
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith("."))
             if not found:
                 raise UsageError(f"{path}: no video files in this directory")
             sources += found
@@ -73,6 +74,7 @@ def upscale(inputs: Sequence[Path], output: Path, config: UpscaleConfig, *, fmt:
     model = LazyUpscaler(config, emit)
     results = []
     for job in jobs:
+        release_signals()  # a signal held during the last job's commit stops the batch here
         if job.target.exists() and config.skip_existing:
             emit(Event("skipped", path=str(job.source), message=f"{job.target} exists"))
             results.append(Result(job, "skipped"))
@@ -129,7 +131,7 @@ def upscale_video(job: Job, model: LazyUpscaler, config: UpscaleConfig, emit: Em
     path = str(job.source)
     emit(Event("start", path=path, message=str(job.target), total=total, data={"size": [width, height]}))
     written = 0
-    with atomic_output(job.target) as partial:
+    with atomic_output(job.target, overwrite=config.overwrite, emit=emit) as partial:
         # 3. Open the output: streams are planned (trial mux) before the long work starts.
         with VideoWriter(partial, info, config.encode, (width, height), trim=config.frames is not None, emit=emit) as writer:
             # 4. Load the model (once per batch), then stream: decode -> clips -> upscale -> blend -> encode.

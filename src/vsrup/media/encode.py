@@ -79,6 +79,7 @@ class VideoWriter:
         self.trim = trim
         self.emit = emit
         self.frames_written = 0
+        self._file = None  # the file the muxer writes through: ours, so that write errors are ours too
         self._output = None
         self._source = None
         self._closed = False
@@ -106,8 +107,9 @@ class VideoWriter:
 
     def _open(self) -> None:
         info, video = self.info, self.info.video
+        self._file = open(self.path, "wb")
         try:
-            self._output = av.open(str(self.path), "w")
+            self._output = av.open(self._file, "w")  # the format from the name's extension
         except ValueError:
             raise UsageError(f"{self.path}: cannot tell the output format from the extension") from None
         self._source = open_input(info.path)
@@ -239,6 +241,7 @@ class VideoWriter:
                 for index, count in sorted(self._dropped.items()):
                     self._warn(f"output stream {index}: {count} packet(s) with out-of-order timestamps dropped")
                 self._output.close()
+                self._file.close()  # flushes what the muxer wrote last; the commit fsyncs it
                 self._source.close()
                 self._closed = True
         finally:
@@ -352,7 +355,7 @@ class VideoWriter:
     def _abort(self) -> None:
         """Release both containers after a failure; the file is left for the caller to delete."""
         self._closed = True
-        for container in (self._output, self._source):
+        for container in (self._output, self._file, self._source):
             if container is not None:
                 with contextlib.suppress(Exception):
                     container.close()
@@ -368,9 +371,13 @@ def _output_errors(path: Path):
     """Disk full, permission denied and friends become one-line OutputErrors (exit 74)."""
     try:
         yield
-    except OSError as e:  # av.error.OSError and av.error.PermissionError are OSError subclasses
-        reason = e.strerror or errno.errorcode.get(e.errno or 0) or str(e)
-        raise OutputError(f"{path}: {reason.splitlines()[0]}") from None
+    except (OSError, av.error.PyAVCallbackError) as e:  # av.error.OSError and av.error.PermissionError are OSError subclasses
+        # A failed write of our file object reaches us through FFmpeg as a PyAVCallbackError, the OSError as its context.
+        error = e.__context__ if isinstance(e, av.error.PyAVCallbackError) else e
+        if not isinstance(error, OSError):
+            raise
+        reason = error.strerror or errno.errorcode.get(error.errno or 0) or str(error)
+        raise OutputError(f"{path}: cannot write output: {reason.splitlines()[0]}") from None
 
 
 # --- RGB -> Y'CbCr -------------------------------------------------------------------------------
