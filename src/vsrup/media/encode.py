@@ -27,6 +27,7 @@ PRESET_CODECS = ("libx264", "libx265")  # encoders whose `preset` option takes t
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 VPX_DEFAULT_CRF = 31  # libvpx-vp9 constant quality; Google's VOD guide uses 31-33 for 1080p
 _CHROMA_NAMES = {(1, 1): "yuv420p", (1, 0): "yuv422p", (0, 0): "yuv444p", (0, 1): "yuv440p"}
+X265_UNSET_DTS_FRAMES = 2  # encodes this short get garbage dts from libx265 (see VideoWriter.close)
 
 
 def default_codec(format_name: str, bit_depth: int) -> str:
@@ -229,7 +230,15 @@ class VideoWriter:
             with _output_errors(self.path):
                 if self.frames_written == 0:
                     raise InputDataError(f"{self.info.path}: no video frames were written")
-                self._mux(self._video.encode(None))
+                flushed = self._video.encode(None)
+                if self._video.codec_context.name == "libx265" and self.frames_written <= X265_UNSET_DTS_FRAMES:
+                    # x265 sets the offset between its pts and dts (Encoder::m_bframeDelayTime) only when
+                    # its third frame arrives, and never initialises it: a shorter encode gets dts = pts
+                    # minus whatever that memory held, which muxers refuse ("pts/dts pair unsupported").
+                    # So few frames are never reordered: their dts is their pts.
+                    for packet in flushed:
+                        packet.dts = packet.pts
+                self._mux(flushed)
                 end = None
                 if self.trim:
                     end = (self._last_pts + expected_step(self.info.video)) * self.info.video.time_base
@@ -428,7 +437,8 @@ def from_rgb(image: np.ndarray, pix_fmt: str, video: VideoInfo) -> av.VideoFrame
     top = (1 << depth) - 1
     if fmt.is_rgb:
         packed = "rgb48le" if depth > 8 else "rgb24"
-        codes = np.clip(np.rint(image * np.iinfo(np.uint16 if depth > 8 else np.uint8).max), 0, None)
+        peak = np.iinfo(np.uint16 if depth > 8 else np.uint8).max
+        codes = np.clip(np.rint(image * peak), 0, peak)  # both ends: a model's overshoot must saturate, not wrap
         frame = av.VideoFrame.from_ndarray(codes.astype(np.uint16 if depth > 8 else np.uint8), format=packed)
         return frame.reformat(format=pix_fmt)  # a repack, no matrix involved
     kr, kb = MATRICES[video.matrix]
