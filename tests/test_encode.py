@@ -330,6 +330,20 @@ def test_short_libx265_encodes_get_valid_timestamps(tmp_path, frames):
         assert result.video.codec == "hevc" and len(list(decode_frames(result))) == frames
 
 
+@pytest.mark.parametrize("make", [mf.mp4_mov_text, mf.mkv_webvtt])
+def test_text_subtitles_into_mpeg_ts_are_dropped_with_a_warning_not_written_as_data(tmp_path, make):
+    """MPEG-TS muxes any codec it does not know as private data: a copy it accepts is read back first."""
+    info, result, *_, events = roundtrip(make(tmp_path), tmp_path / "o.partial.ts")
+    assert [s.kind for s in result.streams] == [s.kind for s in info.streams if s.kind != "subtitle"]
+    assert any("subtitles" in m and "dropped" in m for m in warnings(events)), warnings(events)
+
+
+def test_pcm_into_mpeg_ts_is_reencoded_not_written_as_data(tmp_path):
+    info, result, *_, events = roundtrip(mf.mov_pcm(tmp_path), tmp_path / "o.partial.ts")
+    assert streams(result, "audio") == [("audio", "mp2", None)]  # MPEG-TS's own default audio codec
+    assert any("unknown data stream" in m and "re-encoded to mp2" in m for m in warnings(events)), warnings(events)
+
+
 # --- real media from other projects ----------------------------------------------------------------
 
 SHARED = shared_media_files(".mp4", ".mkv", ".webm", ".mpg")
