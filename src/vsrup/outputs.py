@@ -253,3 +253,11 @@ def release_signals() -> None:
         signum = _Signals.pending[0]
         _Signals.pending = []
         _on_signal(signum, None)
+
+
+def ignore_late_signals() -> None:
+    """The work is over: a signal now would only interrupt Python's shutdown, or (once Python has put
+    its default handlers back, which it does for every handler but SIG_IGN) kill it with the wrong code."""
+    for signum in SIGNALS + (signal.SIGINT,):
+        if signal.getsignal(signum) is _on_signal:
+            signal.signal(signum, signal.SIG_IGN)
