@@ -17,7 +17,7 @@ import numpy as np
 
 from vsrup.clips import CrossFade, Indexed, plan
 from vsrup.config import UpscaleConfig
-from vsrup.errors import EXIT_RUNTIME, InputDataError, Interrupted, UsageError, VsrupError
+from vsrup.errors import EXIT_RUNTIME, InputDataError, Interrupted, OutputError, UsageError, VsrupError
 from vsrup.events import Emit, Event, ignore
 from vsrup.outputs import atomic_output, check_output, release_signals
 from vsrup.resize import lanczos_resize
@@ -248,7 +248,10 @@ def _upscale_folder(job: Job, config: UpscaleConfig, emit: Emit) -> int:
     emit(Event("start", path=str(job.source), message=str(job.target), total=len(todo)))
     if not todo:
         return 0
-    job.target.mkdir(parents=True, exist_ok=True)
+    try:
+        job.target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{job.target}: cannot create the output folder: {e.strerror or e}") from None
 
     def items():
         for i, path in enumerate(paths):
