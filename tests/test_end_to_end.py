@@ -279,3 +279,23 @@ def test_a_directory_batch_skips_hidden_and_temporary_files(tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["aac.mp4"]
 
+
+def test_a_frame_size_change_mid_stream_is_resized_to_the_first_frame_s_size(tmp_path):
+    src = mf.ts_size_change(tmp_path)
+    out = tmp_path / "o.mkv"
+    result = vsrup("upscale", src, out, "-m", "lanczos", "-s", "2")
+    assert result.returncode == 0, result.stderr
+    assert "frame size changes" in result.stderr
+    frames, _ = frames_of(out)
+    assert len(frames) == 24 and {(w, h) for _, w, h in frames} == {(128, 96)}
+
+
+@pytest.mark.parametrize("make", [mf.truncated, mf.faststart_truncated])
+def test_a_truncated_input_fails_before_the_long_work(tmp_path, make):
+    """Where the container says how long the video is, truncation is found before any frame is upscaled."""
+    src = make(tmp_path, frames=200)
+    result = vsrup("upscale", src, tmp_path / "o.mkv", "-m", "lanczos", "-s", "2", "--log-json")
+    assert result.returncode == 65, result.stderr
+    assert [json.loads(line)["event"] for line in result.stdout.splitlines()] == ["error"]
+    assert "truncated" in result.stderr and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []

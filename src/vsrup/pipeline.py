@@ -117,14 +117,16 @@ class LazyUpscaler:
 
 
 def upscale_video(job: Job, model: LazyUpscaler, config: UpscaleConfig, emit: Emit) -> int:
-    from vsrup.media.decode import decode_frames
+    from vsrup.media.decode import check_length, decode_frames
     from vsrup.media.encode import VideoWriter
     from vsrup.media.probe import probe
 
     # 1. Refuse what must be refused before any work: output == input, an existing output.
     check_output(job.source, job.target, overwrite=config.overwrite)
-    # 2. Probe the input and decide the frame span.
+    # 2. Probe the input (a truncated one fails now, where its container says how long it is) and decide the frame span.
     info = probe(job.source)
+    if not config.allow_partial:
+        check_length(info)
     first, stop = frame_span(config, info.video.frames)
     total = None if stop is None else stop - first
     width, height = info.video.width * config.scale, info.video.height * config.scale
