@@ -115,14 +115,6 @@ def test_hub_progress_class_forwards_bytes_at_most_once_per_percent():
     assert events[-1].done == events[-1].total == 1000 and events[-1].message == "repo/vae/model.safetensors"
 
 
-def in_process(capsys, *args) -> tuple[int, str]:
-    """``vsrup ARGS`` through the console entry point, in this process: (exit code, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:
-        cli.main([str(a) for a in args])
-    return done.value.code, capsys.readouterr().err
-
-
 OUT_OF_RANGE = [
     ("--guidance", "inf"), ("--guidance", "nan"), ("--guidance", "-1"), ("--guidance", "1e9"),
     ("--tile", "1"), ("--tile", "12"), ("--tile", "100"),
@@ -143,7 +135,7 @@ OUT_OF_RANGE = [
 
 @pytest.mark.parametrize("command", ["upscale", "frames"])
 @pytest.mark.parametrize("option", OUT_OF_RANGE, ids=" ".join)
-def test_numeric_options_out_of_range_exit_2_naming_the_option_before_anything_runs(monkeypatch, capsys, command, option):
+def test_numeric_options_out_of_range_exit_2_naming_the_option_before_anything_runs(monkeypatch, run_vsrup, command, option):
     def must_not_run(*args, **kwargs):
         raise AssertionError("the job started")
 
@@ -152,7 +144,7 @@ def test_numeric_options_out_of_range_exit_2_naming_the_option_before_anything_r
     paths = ["a.mp4", "b.mp4"] if command == "upscale" else ["in", "out"]
     if option[0] == "--crf" and command == "frames":
         pytest.skip("frames has no --crf")
-    code, err = in_process(capsys, command, *paths, *option)
+    code, err = run_vsrup(command, *paths, *option)
     assert code == 2, err
     assert err.startswith("vsrup: error: ") and err.count("\n") == 1 and option[0] in err, err
 
@@ -160,9 +152,9 @@ def test_numeric_options_out_of_range_exit_2_naming_the_option_before_anything_r
 @pytest.mark.parametrize("option", [("--tile", "16"), ("--tile", "0"), ("--tile", "auto"), ("--seed", str(2**63 - 1)), ("--guidance", "1"),
                                     ("--steps", "1000"), ("--scene-threshold", "0"), ("--crf", "0"), ("--batch", "1"),
                                     ("--tile-overlap", "0"), ("--tile", "64", "--tile-overlap", "63")], ids=" ".join)
-def test_numeric_options_at_their_bounds_are_accepted(monkeypatch, capsys, option):
+def test_numeric_options_at_their_bounds_are_accepted(monkeypatch, run_vsrup, option):
     monkeypatch.setattr(pipeline, "upscale", lambda inputs, output, config, fmt=None, emit=None: [])
-    code, err = in_process(capsys, "upscale", "a.mp4", "b.mp4", *option)
+    code, err = run_vsrup("upscale", "a.mp4", "b.mp4", *option)
     assert code == 0, err
 
 

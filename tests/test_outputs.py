@@ -23,19 +23,10 @@ import pytest
 
 import media_factory as mf
 from vsrup import outputs
-from vsrup.cli import main
 from vsrup.media import encode
 from vsrup.media.encode import VideoWriter
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    """Run ``vsrup ARGS`` in this process; (exit code, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:
-        main([str(a) for a in args])
-    return done.value.code, capsys.readouterr().err
 
 
 def frame_count(path: Path) -> int:
@@ -50,7 +41,7 @@ def sha(path: Path) -> str:
 # --- the commit ------------------------------------------------------------------------------------
 
 
-def test_an_output_that_appears_during_the_run_is_left_alone_and_the_result_kept_beside_it(tmp_path, monkeypatch, capsys):
+def test_an_output_that_appears_during_the_run_is_left_alone_and_the_result_kept_beside_it(tmp_path, monkeypatch, run_vsrup):
     src = mf.long_mkv(tmp_path, frames=40)
     out = tmp_path / "o.mkv"
     write = VideoWriter.write
@@ -61,7 +52,7 @@ def test_an_output_that_appears_during_the_run_is_left_alone_and_the_result_kept
         write(self, image, pts)
 
     monkeypatch.setattr(VideoWriter, "write", someone_else_writes_the_output)
-    code, err = cli(capsys, "upscale", src, out, "-m", "lanczos", "-s", "2")
+    code, err = run_vsrup("upscale", src, out, "-m", "lanczos", "-s", "2")
     assert code == 2, err
     assert out.read_bytes() == b"precious"
     kept = tmp_path / f"o.vsrup-{os.getpid()}.mkv"
@@ -70,7 +61,7 @@ def test_an_output_that_appears_during_the_run_is_left_alone_and_the_result_kept
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, out.name, kept.name])
 
 
-def test_overwrite_replaces_an_output_that_appears_during_the_run(tmp_path, monkeypatch, capsys):
+def test_overwrite_replaces_an_output_that_appears_during_the_run(tmp_path, monkeypatch, run_vsrup):
     src = mf.mp4_aac(tmp_path)
     out = tmp_path / "o.mp4"
     write = VideoWriter.write
@@ -80,7 +71,7 @@ def test_overwrite_replaces_an_output_that_appears_during_the_run(tmp_path, monk
         write(self, image, pts)
 
     monkeypatch.setattr(VideoWriter, "write", appears)
-    code, err = cli(capsys, "upscale", src, out, "-m", "lanczos", "-s", "2", "--overwrite")
+    code, err = run_vsrup("upscale", src, out, "-m", "lanczos", "-s", "2", "--overwrite")
     assert code == 0, err
     assert frame_count(out) == 12
 
@@ -107,7 +98,7 @@ def test_the_no_replace_move_refuses_an_existing_file_on_every_path(tmp_path, mo
     assert not a.exists() and c.read_bytes() == b"new"
 
 
-def test_video_output_is_fsynced_before_the_rename_and_its_directory_after(tmp_path, monkeypatch, capsys):
+def test_video_output_is_fsynced_before_the_rename_and_its_directory_after(tmp_path, monkeypatch, run_vsrup):
     src = mf.mp4_aac(tmp_path)
     out = tmp_path / "out" / "o.mp4"
     synced = []
@@ -118,7 +109,7 @@ def test_video_output_is_fsynced_before_the_rename_and_its_directory_after(tmp_p
         fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
-    code, err = cli(capsys, "upscale", src, out, "-m", "lanczos", "-s", "2")
+    code, err = run_vsrup("upscale", src, out, "-m", "lanczos", "-s", "2")
     assert code == 0, err
     (file, moved_before), (folder, moved_after) = synced
     assert file.parent == out.parent and file.name.endswith(".partial.mp4") and not moved_before
@@ -161,12 +152,12 @@ def inject(monkeypatch, stage: str, code: int) -> None:
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EROFS], ids=errno.errorcode.get)
 @pytest.mark.parametrize("stage", ["write", "flush", "rename"])
 @pytest.mark.parametrize("overwrite", [False, True], ids=["new", "overwrite"])
-def test_injected_io_faults_exit_74_in_one_line_and_leave_nothing(tmp_path, monkeypatch, capsys, stage, code, overwrite):
+def test_injected_io_faults_exit_74_in_one_line_and_leave_nothing(tmp_path, monkeypatch, run_vsrup, stage, code, overwrite):
     src = mf.mp4_aac(tmp_path)
     before = sha(src)
     out = tmp_path / "out" / "o.mp4"
     inject(monkeypatch, stage, code)
-    code_, err = cli(capsys, "upscale", src, out, "-m", "lanczos", "-s", "2", *(["--overwrite"] if overwrite else []))
+    code_, err = run_vsrup("upscale", src, out, "-m", "lanczos", "-s", "2", *(["--overwrite"] if overwrite else []))
     assert code_ == 74, err
     assert err.startswith(f"vsrup: error: {out}: ") and err.count("\n") == 1, err
     assert os.strerror(code).lower() in err.lower()
@@ -174,7 +165,7 @@ def test_injected_io_faults_exit_74_in_one_line_and_leave_nothing(tmp_path, monk
     assert sha(src) == before
 
 
-def test_a_read_only_file_system_is_exit_74_not_the_cleanup_s_own_error(tmp_path, monkeypatch, capsys):
+def test_a_read_only_file_system_is_exit_74_not_the_cleanup_s_own_error(tmp_path, monkeypatch, run_vsrup):
     """On a read-only file system, open() fails with EROFS and so does the cleanup's unlink, file or not."""
     src = mf.mp4_aac(tmp_path)
     out = tmp_path / "ro" / "o.mp4"
@@ -188,7 +179,7 @@ def test_a_read_only_file_system_is_exit_74_not_the_cleanup_s_own_error(tmp_path
 
     monkeypatch.setattr(encode, "open", read_only, raising=False)
     monkeypatch.setattr(os, "unlink", read_only)
-    code, err = cli(capsys, "upscale", src, out, "-m", "lanczos", "-s", "2")
+    code, err = run_vsrup("upscale", src, out, "-m", "lanczos", "-s", "2")
     assert code == 74, err
     assert err == f"vsrup: error: {out}: cannot write output: Read-only file system\n"
 
@@ -196,7 +187,7 @@ def test_a_read_only_file_system_is_exit_74_not_the_cleanup_s_own_error(tmp_path
 # --- temporary files of dead runs -------------------------------------------------------------------
 
 
-def test_stale_partials_of_dead_processes_are_removed_and_live_ones_kept(tmp_path, capsys):
+def test_stale_partials_of_dead_processes_are_removed_and_live_ones_kept(tmp_path, run_vsrup):
     src = mf.mp4_aac(tmp_path)
     out = tmp_path / "o.mp4"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -208,7 +199,7 @@ def test_stale_partials_of_dead_processes_are_removed_and_live_ones_kept(tmp_pat
         other = tmp_path / f".other.vsrup-{dead.pid}.partial.mp4"
         for path in (stale, running, other):
             path.write_bytes(b"half")
-        code, err = cli(capsys, "upscale", src, out, "-m", "lanczos", "-s", "2")
+        code, err = run_vsrup("upscale", src, out, "-m", "lanczos", "-s", "2")
         assert code == 0, err
         assert not stale.exists() and running.exists() and other.exists()
         assert f"removed {stale}" in err
