@@ -6,8 +6,8 @@ picks the container from it). Once it is complete it is committed: fsynced, move
 the directory fsynced, so a power cut leaves the old state or the new one. Without ``overwrite`` the
 move never replaces a file: an output that appeared during the run (another job, the user) is left
 alone, and the result is kept beside it under a visible name. On any failure, Ctrl-C or SIGTERM the
-temporary file is removed, and so is temporary file of a killed run (SIGKILL) the next time the same
-output is written. Signals that arrive during the commit are held: a job either completes or leaves nothing.
+temporary file is removed; one left by a killed run (SIGKILL) is removed the next time the same output
+is written. Signals that arrive during the commit are held: a job either completes or leaves nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 from vsrup.errors import Interrupted, OutputError, UsageError, VsrupError
 from vsrup.events import Emit, Event, ignore
 
-PARTIAL = re.compile(r"\.(?P<stem>.*)\.vsrup-(?P<pid>\d+)\.partial(?P<suffix>\.[^.]*)?")  # the temporary name
+PARTIAL = re.compile(r"\.(?P<stem>.*)\.vsrup-(?P<pid>\d+)\.partial(?P<suffix>\.[^.]*)?")  # partial_path's names
 SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # turned into Interrupted; SIGINT too unless the shell ignored it
 
 
@@ -40,13 +40,8 @@ def check_output(source: Path, target: Path, *, overwrite: bool) -> None:
         raise UsageError(f"{target}: output is a directory")
 
 
-def partial_path(target: Path, pid: int | None = None) -> Path:
-    return target.with_name(f".{target.stem}.vsrup-{pid or os.getpid()}.partial{target.suffix}")
-
-
-def is_temporary(path: Path) -> bool:
-    """A vsrup temporary file (possibly of a killed run), never an input."""
-    return PARTIAL.fullmatch(path.name) is not None
+def partial_path(target: Path) -> Path:
+    return target.with_name(f".{target.stem}.vsrup-{os.getpid()}.partial{target.suffix}")
 
 
 @contextmanager
@@ -154,11 +149,17 @@ def move_no_replace(src: Path, dst: Path) -> None:
         raise
 
 
+NO_SYNC = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)  # file systems that cannot sync (a directory, or at all)
+
+
 def fsync(path: Path) -> None:
-    """Flush a file's (or a directory's entries') data to the device."""
+    """Flush a file's (or a directory's entries') data to the device, where the file system can."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        if e.errno not in NO_SYNC:
+            raise
     finally:
         os.close(fd)
 
