@@ -299,3 +299,10 @@ def test_a_truncated_input_fails_before_the_long_work(tmp_path, make):
     assert [json.loads(line)["event"] for line in result.stdout.splitlines()] == ["error"]
     assert "truncated" in result.stderr and result.stderr.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []
+
+
+def test_a_span_before_the_truncation_still_runs(tmp_path):
+    src = mf.truncated(tmp_path, frames=200)
+    result = vsrup("upscale", src, tmp_path / "o.mkv", "-m", "lanczos", "-s", "2", "--frames", "0:10")
+    assert result.returncode == 0, result.stderr
+    assert len(frames_of(tmp_path / "o.mkv")[0]) == 10

@@ -123,9 +123,10 @@ def upscale_video(job: Job, model: LazyUpscaler, config: UpscaleConfig, emit: Em
 
     # 1. Refuse what must be refused before any work: output == input, an existing output.
     check_output(job.source, job.target, overwrite=config.overwrite)
-    # 2. Probe the input (a truncated one fails now, where its container says how long it is) and decide the frame span.
+    # 2. Probe the input and decide the frame span. A job that reads to the end of a truncated input fails
+    #    now, where the container says how long the video is, not after the long work.
     info = probe(job.source)
-    if not config.allow_partial:
+    if not config.allow_partial and (config.frames is None or config.frames[1] is None):
         check_length(info)
     first, stop = frame_span(config, info.video.frames)
     total = None if stop is None else stop - first

@@ -235,7 +235,7 @@ class VideoWriter:
                     # x265 sets the offset between its pts and dts (Encoder::m_bframeDelayTime) only when
                     # its third frame arrives, and never initialises it: a shorter encode gets dts = pts
                     # minus whatever that memory held, which muxers refuse ("pts/dts pair unsupported").
-                    # So few frames are never reordered: their dts is their pts.
+                    # Encodes that short are not reordered: their dts is their pts.
                     for packet in flushed:
                         packet.dts = packet.pts
                 self._mux(flushed)
