@@ -306,3 +306,17 @@ def test_a_span_before_the_truncation_still_runs(tmp_path):
     result = vsrup("upscale", src, tmp_path / "o.mkv", "-m", "lanczos", "-s", "2", "--frames", "0:10")
     assert result.returncode == 0, result.stderr
     assert len(frames_of(tmp_path / "o.mkv")[0]) == 10
+
+
+def test_a_read_only_file_system_is_exit_74(tmp_path):
+    """A real read-only mount where the tests may mount one (root with CAP_SYS_ADMIN); skipped elsewhere."""
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only file system here")
+    try:
+        result = vsrup("upscale", mf.mp4_aac(tmp_path), read_only / "o.mp4", "-m", "lanczos", "-s", "2")
+    finally:
+        subprocess.run(["umount", str(read_only)], check=True)
+    assert result.returncode == 74, result.stderr
+    assert result.stderr == f"vsrup: error: {read_only / 'o.mp4'}: cannot write output: Read-only file system\n"
