@@ -103,7 +103,6 @@ def one_line(text: str) -> str:
     return "".join(repr(c)[1:-1] if c in LINE_BREAKS else c for c in text)
 
 
-
 class Reporter:
     """Renders library events: Rich progress on stderr, or JSON lines on stdout with --log-json."""
 
@@ -258,10 +257,10 @@ JsonLogOpt = Annotated[bool, typer.Option("--log-json", help="One JSON object pe
 RANGES = {
     "crf": (0, 63),  # x264 and x265 take 0..51, libvpx-vp9 and SVT-AV1 0..63; the encoder refuses the rest itself
     "steps": (1, 1000),  # the schedulers' 1000 training timesteps: more cannot be spaced
-    "guidance": (0.0, 30.0),  # classifier-free guidance; SD pipelines use 4..10, above ~20 images burn out
+    "guidance": (0.0, 30.0),  # classifier-free guidance; SD pipelines use 4..10: a generous bound, not a measurement
     "noise_level": (0, 350),  # the x4 upscaler's max_noise_level
     "seed": (0, 2**63 - 1),  # frame i uses seed + i, which must stay a 64-bit seed for any frame count
-    "batch": (1, 256),  # tiles per UNet call; 16 of 128 x 128 already keep an H100 busy (memory.MAX_BATCH)
+    "batch": (1, 256),  # tiles per UNet call; auto stops at memory.MAX_BATCH (16), this leaves room to measure more
     "tile_overlap": (0, 127),  # below the tile (checked below): 127 is the most the largest auto tile (128) can take
     "motion_guidance": (0.0, 1.0),  # a fraction
     "clip_len": (1, 64),  # frames held and sampled together: 8x Upscale-A-Video's window, host memory grows with it
