@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,23 @@ def shared_media() -> Path:
     if not SHARED_MEDIA.is_dir():
         pytest.skip("../shared/media is not present")
     return SHARED_MEDIA
+
+
+@pytest.fixture
+def run_vsrup(capsys):
+    """``run_vsrup(*ARGS)``: ``vsrup ARGS`` through the console entry point in this process, as
+    (exit code, stderr). The signal handlers that main() installs, and the SIG_IGN it leaves after
+    the work, are put back afterwards, so that Ctrl-C still stops pytest."""
+    from vsrup.cli import main
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+    def run(*args) -> tuple[int, str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            main([str(a) for a in args])
+        return done.value.code, capsys.readouterr().err
+
+    yield run
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)

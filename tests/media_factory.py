@@ -383,9 +383,9 @@ def long_mkv(directory: Path, frames: int = 30) -> Path:
     return make_video(Path(directory) / "long.mkv", frames=frames, audio=(Audio("aac"),))
 
 
-def truncated(directory: Path, fraction: float = 0.5) -> Path:
+def truncated(directory: Path, fraction: float = 0.5, frames: int = 30) -> Path:
     """``long_mkv`` cut to ``fraction`` of its bytes: decodes without any error, but ends early."""
-    source = long_mkv(Path(directory))
+    source = long_mkv(Path(directory), frames)
     data = source.read_bytes()
     path = Path(directory) / "truncated.mkv"
     path.write_bytes(data[: int(len(data) * fraction)])
@@ -410,6 +410,22 @@ def moov_at_end_truncated(directory: Path) -> Path:
     data = mp4.read_bytes()
     path = Path(directory) / "cut.mp4"
     path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def faststart_truncated(directory: Path, frames: int = 30) -> Path:
+    """An MP4 with its index first (movflags=faststart, as web video is) cut in half: it opens, and its
+    index promises samples past the end of the file."""
+    source = make_video(Path(directory) / "index_last.mp4", frames=frames)
+    whole = Path(directory) / "faststart.mp4"
+    with av.open(str(source)) as src, av.open(str(whole), "w", options={"movflags": "+faststart"}) as out:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.size:
+                packet.stream = stream
+                out.mux(packet)
+    path = Path(directory) / "faststart_cut.mp4"
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     return path
 
 
@@ -471,4 +487,15 @@ def ts_mpeg2_damaged(directory: Path, flips: int = 300, seed: int = 1) -> Path:
         data[i] = int(rng.integers(0, 256))
     path = Path(directory) / "damaged.ts"
     path.write_bytes(bytes(data))
+    return path
+
+
+def ts_size_change(directory: Path) -> Path:
+    """H.264 in MPEG-TS whose frame size changes mid-stream (a broadcast's SD ad in an HD show): 12 frames
+    of 64x48, then 12 of 96x72 continuing the timeline (``cat a.ts b.ts``)."""
+    directory = Path(directory)
+    first = make_video(directory / "small.ts", frames=12, time_base=Fraction(1, 90000), pts=[3600 * i for i in range(12)])
+    second = make_video(directory / "large.ts", frames=12, size=(96, 72), time_base=Fraction(1, 90000), pts=[3600 * (12 + i) for i in range(12)])
+    path = directory / "size_change.ts"
+    path.write_bytes(first.read_bytes() + second.read_bytes())
     return path

@@ -1,5 +1,6 @@
 """The command line: thin, lazy, one-line errors and documented exit codes."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,14 +60,14 @@ def test_options_build_the_config_and_call_one_function(monkeypatch, tmp_path):
     result = runner.invoke(
         cli.app,
         ["upscale", "a.mp4", "b.mp4", "out", "-s", "2", "-m", "lanczos", "--frames", "3:", "--tile", "0", "--crf", "18",
-         "--guidance-window", "0.1:0.5", "--propagation-steps", "24,26", "--steps", "7", "--color-fix", "none", "--format", "mkv",
+         "--guidance-window", "0.1:0.5", "--propagation-steps", "24,26", "--steps", "27", "--color-fix", "none", "--format", "mkv",
          "--compile"],
     )
     assert result.exit_code == 0, result.output
     config = seen["config"]
     assert seen["inputs"] == [Path("a.mp4"), Path("b.mp4")] and seen["output"] == Path("out") and seen["fmt"] == "mkv"
     assert config.scale == 2 and config.model == "lanczos" and config.frames == (3, None) and config.encode.crf == 18
-    assert config.sample == SampleConfig(tile=0, guidance_window=(0.1, 0.5), propagation_steps=(24, 26), steps=7, color_fix="none", compile=True)
+    assert config.sample == SampleConfig(tile=0, guidance_window=(0.1, 0.5), propagation_steps=(24, 26), steps=27, color_fix="none", compile=True)
 
 
 def test_defaults_of_the_cli_are_the_config_defaults(monkeypatch):
@@ -112,3 +113,84 @@ def test_hub_progress_class_forwards_bytes_at_most_once_per_percent():
         bar.update(4)
     assert [e.kind for e in events] == ["download"] * len(events) and 50 <= len(events) <= 101
     assert events[-1].done == events[-1].total == 1000 and events[-1].message == "repo/vae/model.safetensors"
+
+
+OUT_OF_RANGE = [
+    ("--guidance", "inf"), ("--guidance", "nan"), ("--guidance", "-1"), ("--guidance", "1e9"),
+    ("--tile", "1"), ("--tile", "12"), ("--tile", "100"),
+    ("--batch", "0"), ("--batch", "100000"),
+    ("--tile-overlap", "-1"), ("--tile-overlap", "64", "--tile", "64"), ("--tile-overlap", "32", "--tile", "16"), ("--tile-overlap", "128"),
+    ("--seed", "-1"), ("--seed", str(2**64)),
+    ("--steps", "0"), ("--steps", "1000000"),
+    ("--crf", "-1"), ("--crf", "64"),
+    ("--scene-threshold", "-0.1"), ("--scene-threshold", "1.5"), ("--scene-threshold", "nan"),
+    ("--noise-level", "-1"), ("--noise-level", "351"),
+    ("--clip-len", "0"), ("--clip-len", "100000"),
+    ("--clip-overlap", "-1"),
+    ("--motion-guidance", "nan"),
+    ("--guidance-window", "nan:0.5"), ("--guidance-window", "0:inf"),
+    ("--propagation-steps", "-1"), ("--propagation-steps", "30", "--steps", "30"),
+]
+
+
+@pytest.mark.parametrize("command", ["upscale", "frames"])
+@pytest.mark.parametrize("option", OUT_OF_RANGE, ids=" ".join)
+def test_numeric_options_out_of_range_exit_2_naming_the_option_before_anything_runs(monkeypatch, run_vsrup, command, option):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the job started")
+
+    monkeypatch.setattr(pipeline, "upscale", must_not_run)
+    monkeypatch.setattr(pipeline, "upscale_folder", must_not_run)
+    paths = ["a.mp4", "b.mp4"] if command == "upscale" else ["in", "out"]
+    if option[0] == "--crf" and command == "frames":
+        pytest.skip("frames has no --crf")
+    code, err = run_vsrup(command, *paths, *option)
+    assert code == 2, err
+    assert err.startswith("vsrup: error: ") and err.count("\n") == 1 and option[0] in err, err
+
+
+@pytest.mark.parametrize("option", [("--tile", "16"), ("--tile", "0"), ("--tile", "auto"), ("--seed", str(2**63 - 1)), ("--guidance", "1"),
+                                    ("--steps", "1000"), ("--scene-threshold", "0"), ("--crf", "0"), ("--batch", "1"),
+                                    ("--tile-overlap", "0"), ("--tile", "64", "--tile-overlap", "63")], ids=" ".join)
+def test_numeric_options_at_their_bounds_are_accepted(monkeypatch, run_vsrup, option):
+    monkeypatch.setattr(pipeline, "upscale", lambda inputs, output, config, fmt=None, emit=None: [])
+    code, err = run_vsrup("upscale", "a.mp4", "b.mp4", *option)
+    assert code == 0, err
+
+
+def unreadable(path):
+    """Make ``path`` unreadable to the child process, also when the tests run as root (root reads anything)."""
+    path.chmod(0)
+    if os.geteuid() != 0:
+        return None
+
+    def drop_read_override():  # the child keeps root but loses CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 2):
+            if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: gone from the bounding set at exec
+                raise OSError(ctypes.get_errno(), "prctl")
+
+    return drop_read_override
+
+
+@pytest.mark.parametrize("command", ["upscale", "probe"])
+def test_an_unreadable_input_is_exit_65(tmp_path, command):
+    import media_factory as mf
+
+    src = mf.mp4_aac(tmp_path)
+    preexec = unreadable(src)
+    args = [command, src] + ([tmp_path / "o.mp4", "-m", "lanczos"] if command == "upscale" else [])
+    result = vsrup(*args, preexec_fn=preexec)
+    assert result.returncode == 65, result.stderr
+    assert result.stderr.startswith("vsrup: error: ") and "permission denied" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_messages_with_line_breaks_in_file_names_stay_on_one_line(tmp_path):
+    src = tmp_path / "two\nlines\rand more.mp4"
+    src.write_text("not a video")
+    result = vsrup("upscale", src, tmp_path / "o.mp4", "-m", "lanczos")
+    assert result.returncode == 65, result.stderr
+    assert result.stderr.count("\n") == 1 and "\r" not in result.stderr, repr(result.stderr)
+    assert "two\\nlines\\rand more.mp4" in result.stderr

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+
 import av
 import numpy as np
 import pytest
 
 import media_factory as mf
-from conftest import SHARED_MEDIA
-from vsrup.errors import InputDataError
-from vsrup.media.decode import decode_frames
+from conftest import SHARED_MEDIA, shared_media_files
+from vsrup.errors import InputDataError, VsrupError
+from vsrup.media import decode
+from vsrup.media.decode import check_length, decode_frames
 from vsrup.media.probe import probe
 
 LOSSLESS = {"crf": "0", "preset": "ultrafast"}  # x264 lossless: only the colour conversion is left to measure
@@ -133,3 +136,66 @@ def test_shared_ten_bit_hdr_decodes_to_16_bit_precision(shared_media):
     frame = next(decode_frames(info))
     levels = np.unique(np.rint(frame.image * 1023))
     assert info.video.bit_depth == 10 and len(levels) > 256
+
+
+def test_a_frame_size_change_mid_stream_is_resized_to_the_first_frame_s_size_with_a_warning(tmp_path):
+    info, frames, events = decode_all(mf.ts_size_change(tmp_path))
+    assert len(frames) == 24 and {f.image.shape for f in frames} == {(48, 64, 3)}
+    assert [e.kind for e in events] == ["warning"] and "frame size changes from 64x48 to 96x72 at frame 12" in events[0].message
+    truth = mf.picture(0, 96, 72)[::3, ::3].astype(np.float32) / 255  # the second part starts at picture 0 again
+    assert np.abs(frames[12].image[::2, ::2] - truth).mean() < 0.05
+
+
+class OutOfMemory:
+    """A container whose demuxer runs out of memory at its third packet, as FFmpeg says it (ENOMEM)."""
+
+    def __init__(self, container):
+        self.container = container
+
+    def __getattr__(self, name):
+        return getattr(self.container, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.container.close()
+
+    def demux(self, *streams):
+        for n, packet in enumerate(self.container.demux(*streams)):
+            if n == 2:
+                raise av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory")
+            yield packet
+
+
+@pytest.mark.parametrize("allow_partial", [False, True])
+def test_out_of_memory_in_the_decoder_says_memory_not_damage(tmp_path, monkeypatch, allow_partial):
+    info = probe(mf.long_mkv(tmp_path))
+    opened = decode.open_input
+    monkeypatch.setattr(decode, "open_input", lambda path: OutOfMemory(opened(path)))
+    with pytest.raises(VsrupError) as err:
+        list(decode_frames(info, allow_partial=allow_partial))
+    message = str(err.value)
+    assert err.value.exit_code == 1 and "out of memory" in message and "damaged" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("make", [mf.truncated, mf.faststart_truncated])
+def test_truncation_is_found_before_decoding_where_the_container_says_its_length(tmp_path, make):
+    info = probe(make(tmp_path))
+    with pytest.raises(InputDataError, match="truncated") as err:
+        check_length(info)
+    assert "--allow-partial" in str(err.value) and "\n" not in str(err.value)
+
+
+COMPLETE = [mf.mp4_aac, mf.mp4_vfr, mf.mkv_vfr, mf.mp4_start_offset, mf.mkv_start_offset, mf.webm_vp9_opus, mf.long_mkv,
+            mf.mov_pcm, mf.mkv_two_audio, mf.interlaced_mpeg2, mf.mp4_cover, mf.hevc_10bit_hdr, mf.ts_joined, mf.ts_size_change]
+
+
+@pytest.mark.parametrize("make", COMPLETE, ids=lambda f: f.__name__)
+def test_complete_files_pass_the_length_check(tmp_path, make):
+    check_length(probe(make(tmp_path)))
+
+
+@pytest.mark.parametrize("path", shared_media_files(".mp4", ".mkv", ".webm", ".mpg"), ids=lambda p: p.name)
+def test_complete_shared_media_pass_the_length_check(path):
+    check_length(probe(path))

@@ -20,7 +20,7 @@ from conftest import shared_media_files
 from vsrup.config import EncodeConfig
 from vsrup.errors import InputDataError, OutputError, UsageError
 from vsrup.media.decode import decode_frames
-from vsrup.media.encode import VideoWriter
+from vsrup.media.encode import VideoWriter, from_rgb
 from vsrup.media.probe import MediaInfo, probe
 
 FAST = EncodeConfig(preset="ultrafast")
@@ -301,6 +301,47 @@ def test_container_refusals_come_before_any_frame(tmp_path):
         VideoWriter(tmp_path / "o.partial.xyz", info, FAST, (128, 96))
     with pytest.raises(UsageError, match="libx264"):
         VideoWriter(tmp_path / "o.partial.webm", info, EncodeConfig(codec="libx264"), (128, 96))
+
+
+@pytest.mark.parametrize("pix_fmt", ["bgr0", "rgb24", "gbrp10le", "rgb48le", "yuv420p", "yuv444p10le"])
+def test_values_outside_0_1_saturate_instead_of_wrapping(tmp_path, pix_fmt):
+    """A model overshoots near edges: 1.3 must become white and -0.3 black, in every output format."""
+    video = probe(mf.mp4_aac(tmp_path)).video
+    image = np.zeros((4, 4, 3), np.float32)  # (h, w, 3)
+    image[:2], image[2:] = 1.3, -0.3
+    rgb = from_rgb(image, pix_fmt, video).to_ndarray(format="rgb24")  # (4, 4, 3) uint8
+    assert rgb[:2].min() >= 250 and rgb[2:].max() <= 5, rgb[..., 0]
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3])
+def test_short_libx265_encodes_get_valid_timestamps(tmp_path, frames):
+    """libx265 leaves the dts of encodes of 1 or 2 frames uninitialised (what the heap held); 3 are fine.
+
+    Several encodes in one process: the first often finds zeroed memory, the later ones rarely do.
+    """
+    src = mf.make_video(tmp_path / "ten.mp4", frames=frames, pix_fmt="yuv420p10le")
+    info = probe(src)
+    for attempt in range(6):
+        out = tmp_path / f"o{attempt}.partial.mp4"
+        with VideoWriter(out, info, EncodeConfig(), (128, 96)) as writer:  # 10-bit in: libx265, its default preset
+            for frame in decode_frames(info):
+                writer.write(upscale(frame.image, 2), frame.pts)
+        result = probe(out)
+        assert result.video.codec == "hevc" and len(list(decode_frames(result))) == frames
+
+
+@pytest.mark.parametrize("make", [mf.mp4_mov_text, mf.mkv_webvtt])
+def test_text_subtitles_into_mpeg_ts_are_dropped_with_a_warning_not_written_as_data(tmp_path, make):
+    """MPEG-TS muxes any codec it does not know as private data: a copy it accepts is read back first."""
+    info, result, *_, events = roundtrip(make(tmp_path), tmp_path / "o.partial.ts")
+    assert [s.kind for s in result.streams] == [s.kind for s in info.streams if s.kind != "subtitle"]
+    assert any("subtitles" in m and "dropped" in m for m in warnings(events)), warnings(events)
+
+
+def test_pcm_into_mpeg_ts_is_reencoded_not_written_as_data(tmp_path):
+    info, result, *_, events = roundtrip(mf.mov_pcm(tmp_path), tmp_path / "o.partial.ts")
+    assert streams(result, "audio") == [("audio", "mp2", None)]  # MPEG-TS's own default audio codec
+    assert any("unknown data stream" in m and "re-encoded to mp2" in m for m in warnings(events)), warnings(events)
 
 
 # --- real media from other projects ----------------------------------------------------------------

@@ -197,3 +197,126 @@ def test_bad_encoder_settings_are_usage_errors_before_any_work(tmp_path, args, n
     result = vsrup("upscale", src, tmp_path / "out.mkv", "-m", "lanczos", "-s", "2", *args)
     assert result.returncode == 2 and needle in result.stderr and result.stderr.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+def test_a_log_json_reader_that_leaves_early_stops_the_reporting_not_the_job(tmp_path):
+    """`vsrup ... --log-json | head -1`: the job goes on, keeps its output and exits per the job."""
+    src = mf.make_video(tmp_path / "long.mp4", frames=100, size=(160, 120))
+    out = tmp_path / "o.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "vsrup", "upscale", str(src), str(out), "-m", "lanczos", "-s", "2", "--log-json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = json.loads(proc.stdout.readline())
+    proc.stdout.close()  # what `head -1` does
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert first["event"] == "start" and err == ""
+    assert len(frames_of(out)[0]) == 100 and leftovers(tmp_path) == []
+
+
+def test_under_log_json_errors_go_to_stderr_too(tmp_path):
+    result = vsrup("upscale", tmp_path / "missing.mp4", tmp_path / "o.mp4", "-m", "lanczos", "--log-json")
+    assert result.returncode == 65
+    assert [json.loads(line)["event"] for line in result.stdout.splitlines()] == ["error"]
+    assert result.stderr.startswith("vsrup: error: ") and "missing.mp4" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_storm_of_sigterms_exits_143_in_one_line_and_leaves_nothing(tmp_path):
+    src = mf.make_video(tmp_path / "long.mp4", frames=400, size=(160, 120), audio=(mf.Audio("aac"),))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "vsrup", "upscale", str(src), str(out_dir / "o.mp4"), "-m", "lanczos", "-s", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not leftovers(out_dir) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert leftovers(out_dir), "the run never started writing"
+    for _ in range(300):
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            break
+        time.sleep(0.002)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err == "vsrup: error: interrupted by SIGTERM\n", err
+    assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("stderr_to", ["file", "pipe"])
+def test_a_two_frame_10_bit_job_succeeds_whatever_stderr_is(tmp_path, stderr_to):
+    """Issue 11, item 4: libx265's uninitialised dts for encodes of up to 2 frames."""
+    src = mf.make_video(tmp_path / "ten2.mp4", frames=2, size=(200, 200), pix_fmt="yuv420p10le")
+    for attempt in range(3):
+        out = tmp_path / f"t{attempt}.mp4"
+        with open(tmp_path / "err.txt", "w+") as err:
+            stream = err if stderr_to == "file" else subprocess.PIPE
+            result = subprocess.run([sys.executable, "-m", "vsrup", "upscale", str(src), str(out), "-s", "2", "--model", "lanczos"],
+                                    stderr=stream, text=True, timeout=120)
+            err.seek(0)
+            message = err.read() if stderr_to == "file" else result.stderr
+        assert result.returncode == 0, message
+        assert len(frames_of(out)[0]) == 2
+
+
+def test_frames_into_a_folder_that_cannot_be_created_is_exit_74(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(src / "1.png")
+    (tmp_path / "file").write_text("a file, not a folder")
+    result = vsrup("frames", src, tmp_path / "file" / "out", "-m", "lanczos", "-s", "2")
+    assert result.returncode == 74, result.stderr
+    assert result.stderr.startswith("vsrup: error: ") and result.stderr.count("\n") == 1 and "file/out" in result.stderr
+
+
+def test_a_directory_batch_skips_hidden_and_temporary_files(tmp_path):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    mf.mp4_aac(clips)
+    (clips / ".aac.vsrup-12345.partial.mp4").write_bytes(b"half of a killed run")
+    (clips / "._aac.mp4").write_bytes(b"macOS resource fork")
+    out = tmp_path / "out"
+    result = vsrup("upscale", clips, out, "-m", "lanczos", "-s", "2")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["aac.mp4"]
+
+
+def test_a_frame_size_change_mid_stream_is_resized_to_the_first_frame_s_size(tmp_path):
+    src = mf.ts_size_change(tmp_path)
+    out = tmp_path / "o.mkv"
+    result = vsrup("upscale", src, out, "-m", "lanczos", "-s", "2")
+    assert result.returncode == 0, result.stderr
+    assert "frame size changes" in result.stderr
+    frames, _ = frames_of(out)
+    assert len(frames) == 24 and {(w, h) for _, w, h in frames} == {(128, 96)}
+
+
+@pytest.mark.parametrize("make", [mf.truncated, mf.faststart_truncated])
+def test_a_truncated_input_fails_before_the_long_work(tmp_path, make):
+    """Where the container says how long the video is, truncation is found before any frame is upscaled."""
+    src = make(tmp_path, frames=200)
+    result = vsrup("upscale", src, tmp_path / "o.mkv", "-m", "lanczos", "-s", "2", "--log-json")
+    assert result.returncode == 65, result.stderr
+    assert [json.loads(line)["event"] for line in result.stdout.splitlines()] == ["error"]
+    assert "truncated" in result.stderr and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []
+
+
+def test_a_span_before_the_truncation_still_runs(tmp_path):
+    src = mf.truncated(tmp_path, frames=200)
+    result = vsrup("upscale", src, tmp_path / "o.mkv", "-m", "lanczos", "-s", "2", "--frames", "0:10")
+    assert result.returncode == 0, result.stderr
+    assert len(frames_of(tmp_path / "o.mkv")[0]) == 10
+
+
+def test_a_read_only_file_system_is_exit_74(tmp_path):
+    """A real read-only mount where the tests may mount one (root with CAP_SYS_ADMIN); skipped elsewhere."""
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only file system here")
+    try:
+        result = vsrup("upscale", mf.mp4_aac(tmp_path), read_only / "o.mp4", "-m", "lanczos", "-s", "2")
+    finally:
+        subprocess.run(["umount", str(read_only)], check=True)
+    assert result.returncode == 74, result.stderr
+    assert result.stderr == f"vsrup: error: {read_only / 'o.mp4'}: cannot write output: Read-only file system\n"

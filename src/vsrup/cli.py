@@ -95,6 +95,13 @@ def choice(value: str, allowed: tuple[str, ...], name: str) -> str:
 
 # ---------------------------------------------------------------- rendering events
 
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits at
+
+
+def one_line(text: str) -> str:
+    """Line breaks escaped (a file name may hold them): every message stays one line."""
+    return "".join(repr(c)[1:-1] if c in LINE_BREAKS else c for c in text)
+
 
 class Reporter:
     """Renders library events: Rich progress on stderr, or JSON lines on stdout with --log-json."""
@@ -109,6 +116,7 @@ class Reporter:
         self.task = None
         self.task_name = None
         self.job: Event | None = None  # the running job's start event
+        self.stdout_open = True  # False once a --log-json reader has gone (`| head -1`)
 
     def __call__(self, event: Event) -> None:
         with self.lock:  # decoding and encoding threads report too
@@ -117,11 +125,12 @@ class Reporter:
     def render(self, event: Event) -> None:
         if self.log_json:
             record = {"event": event.kind, "path": event.path, "message": event.message, "done": event.done, "total": event.total}
-            print(json.dumps({**record, **event.data, "time": round(time.time(), 3)}), flush=True)
-            return
-        if event.kind == "error":
+            self.json_line({**record, **event.data, "time": round(time.time(), 3)})
+        if event.kind == "error":  # on stderr under --log-json too: a reader may have gone, a person may look
             self.stop()
-            self.err.print(f"vsrup: error: {event.message}", markup=False, highlight=False, soft_wrap=True)
+            self.err.print(f"vsrup: error: {one_line(event.message)}", markup=False, highlight=False, soft_wrap=True)
+        elif self.log_json:
+            return
         elif event.kind == "warning" and not self.quiet:
             self.line(f"vsrup: warning: {event.path}: {event.message}" if event.path else f"vsrup: warning: {event.message}")
         elif self.quiet:
@@ -141,7 +150,18 @@ class Reporter:
             self.line(f"vsrup: wrote {event.message} ({event.done} frames in {event.data.get('seconds', 0):.1f} s)")
 
     def line(self, text: str) -> None:
-        (self.progress.console if self.progress else self.err).print(text, markup=False, highlight=False, soft_wrap=True)
+        (self.progress.console if self.progress else self.err).print(one_line(text), markup=False, highlight=False, soft_wrap=True)
+
+    def json_line(self, record: dict) -> None:
+        """One JSON object on stdout. A reader that closed it stops the reporting, not the job."""
+        if not self.stdout_open:
+            return
+        try:
+            print(json.dumps(record), flush=True)
+        except BrokenPipeError:
+            self.stdout_open = False
+            # What is still buffered would fail again when Python flushes stdout at exit, with a message on stderr.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     def start(self, event: Event) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -192,12 +212,12 @@ class Reporter:
             return
         counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
         if self.log_json:
-            print(json.dumps({"event": "summary", **counts, "failed_inputs": [str(r.job.source) for r in results if r.status == "failed"]}), flush=True)
+            self.json_line({"event": "summary", **counts, "failed_inputs": [str(r.job.source) for r in results if r.status == "failed"]})
             return
         self.err.print(f"vsrup: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed", markup=False, highlight=False)
         for r in results:
             if r.status == "failed":
-                self.err.print(f"  failed: {r.job.source}: exit {r.error.exit_code}", markup=False, highlight=False)
+                self.err.print(one_line(f"  failed: {r.job.source}: exit {r.error.exit_code}"), markup=False, highlight=False)
 
 
 # ---------------------------------------------------------------- commands
@@ -208,24 +228,24 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="sd-x4 (default, st
 RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision to pin (branch, tag or commit).", rich_help_panel=MODEL)]
 DeviceOpt = Annotated[str, typer.Option(help="auto|cpu|cuda|cuda:N|mps.", rich_help_panel=MODEL)]
 DtypeOpt = Annotated[str, typer.Option(help="auto|fp32|fp16|bf16 (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU).", rich_help_panel=MODEL)]
-StepsOpt = Annotated[Optional[int], typer.Option(help="Denoising steps [default: the model's; sd-x4 30, stablevsr 50].", rich_help_panel=SAMPLER)]
-GuidanceOpt = Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale; <= 1 disables it and halves the cost [sd-x4: 6.0; not for stablevsr].", rich_help_panel=SAMPLER)]
+StepsOpt = Annotated[Optional[int], typer.Option(help="Denoising steps, 1..1000 [default: the model's; sd-x4 30, stablevsr 50].", rich_help_panel=SAMPLER)]
+GuidanceOpt = Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale, 0..30; <= 1 disables it and halves the cost [sd-x4: 6.0; not for stablevsr].", rich_help_panel=SAMPLER)]
 PromptOpt = Annotated[Optional[str], typer.Option(help="Text prompt [sd-x4: \"best quality, extremely detailed\"; not for stablevsr].", rich_help_panel=SAMPLER)]
 NegOpt = Annotated[Optional[str], typer.Option(help="Negative prompt, used when --guidance > 1 [sd-x4: \"blur, worst quality\"].", rich_help_panel=SAMPLER)]
 NoiseOpt = Annotated[Optional[int], typer.Option(help="Noise augmentation of the low-resolution input, 0..350 [sd-x4: 20; not for stablevsr].", rich_help_panel=SAMPLER)]
 SchedOpt = Annotated[Optional[str], typer.Option(help=f"Scheduler: {', '.join(SCHEDULERS)} [sd-x4: ddim; stablevsr: ddpm only].", rich_help_panel=SAMPLER)]
-SeedOpt = Annotated[int, typer.Option(help="Seed; frame i uses seed + i.", rich_help_panel=SAMPLER)]
-TileOpt = Annotated[str, typer.Option(help="Latent tile size: auto (from free memory), 0 (no tiling) or a size in latent pixels.", rich_help_panel=SAMPLER)]
-OverlapOpt = Annotated[int, typer.Option(help="Overlap of neighbouring tiles, latent pixels.", rich_help_panel=SAMPLER)]
-BatchOpt = Annotated[Optional[int], typer.Option(help="Tiles per UNet call (default: from free memory).", rich_help_panel=SAMPLER)]
-CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet and the VAE decoder: the first clip waits while it compiles (minutes); needs a C++ compiler on the CPU.", rich_help_panel=MODEL)]
+SeedOpt = Annotated[int, typer.Option(help="Seed, 0..2^63-1; frame i uses seed + i.", rich_help_panel=SAMPLER)]
+TileOpt = Annotated[str, typer.Option(help="Latent tile size: auto (from free memory), 0 (no tiling) or a size in latent pixels (a multiple of 8, at least 16).", rich_help_panel=SAMPLER)]
+OverlapOpt = Annotated[Optional[int], typer.Option(help="Overlap of neighbouring tiles, latent pixels, 0..127 and below the tile [default: 32, a quarter of a smaller tile].", rich_help_panel=SAMPLER)]
+BatchOpt = Annotated[Optional[int], typer.Option(help="Tiles per UNet call, 1..256 (default: from free memory).", rich_help_panel=SAMPLER)]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the networks: the first clip waits while they compile (minutes); needs a C++ compiler on the CPU.", rich_help_panel=MODEL)]
 ColorOpt = Annotated[str, typer.Option(help=f"Match colours to the input: {', '.join(COLOR_FIXES)}.", rich_help_panel=TEMPORAL)]
 FlowOpt = Annotated[str, typer.Option(help="Optical flow: dis (OpenCV) or raft (needs torchvision).", rich_help_panel=TEMPORAL)]
 MotionOpt = Annotated[Optional[float], typer.Option(help="Motion guidance strength 0..1: the fraction of frame-to-frame flicker each guided step removes; 0 disables [sd-x4: 0.5; not for stablevsr].", rich_help_panel=TEMPORAL)]
 WindowOpt = Annotated[Optional[str], typer.Option(help="Steps where motion guidance acts, as fractions of the schedule START:END [sd-x4: 0.0:0.9].", rich_help_panel=TEMPORAL)]
 PropOpt = Annotated[Optional[str], typer.Option(help="Loop indices where latents are propagated along the flow, e.g. 24,26,28 [sd-x4: none].", rich_help_panel=TEMPORAL)]
-ClipLenOpt = Annotated[int, typer.Option(help="Frames sampled together.", rich_help_panel=TEMPORAL)]
-ClipOverlapOpt = Annotated[int, typer.Option(help="Frames shared and cross-faded by neighbouring clips.", rich_help_panel=TEMPORAL)]
+ClipLenOpt = Annotated[int, typer.Option(help="Frames sampled together, 1..64.", rich_help_panel=TEMPORAL)]
+ClipOverlapOpt = Annotated[int, typer.Option(help="Frames shared and cross-faded by neighbouring clips, below --clip-len.", rich_help_panel=TEMPORAL)]
 SceneOpt = Annotated[float, typer.Option(help="Scene-cut threshold 0..1 (how much both layout and colours change between frames); 0 disables.", rich_help_panel=TEMPORAL)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.", rich_help_panel=OUT)]
 SkipOpt = Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs alone (resume a batch).", rich_help_panel=OUT)]
@@ -233,8 +253,45 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on st
 JsonLogOpt = Annotated[bool, typer.Option("--log-json", help="One JSON object per line on stdout: start, progress, info, warning, done, skipped, error, summary.", rich_help_panel=OUT)]
 
 
+# Accepted ranges (inclusive) of the numeric options; an option left unset (None: auto, or the model's default) is not checked.
+RANGES = {
+    "crf": (0, 63),  # x264 and x265 take 0..51, libvpx-vp9 and SVT-AV1 0..63; the encoder refuses the rest itself
+    "steps": (1, 1000),  # the schedulers' 1000 training timesteps: more cannot be spaced
+    "guidance": (0.0, 30.0),  # classifier-free guidance; SD pipelines use 4..10: a generous bound, not a measurement
+    "noise_level": (0, 350),  # the x4 upscaler's max_noise_level
+    "seed": (0, 2**63 - 1),  # frame i uses seed + i, which must stay a 64-bit seed for any frame count
+    "batch": (1, 256),  # tiles per UNet call; auto stops at memory.MAX_BATCH (16), this leaves room to measure more
+    "tile_overlap": (0, 127),  # below the tile (checked below): 127 is the most the largest auto tile (128) can take
+    "motion_guidance": (0.0, 1.0),  # a fraction
+    "clip_len": (1, 64),  # frames held and sampled together: 8x Upscale-A-Video's window, host memory grows with it
+    "clip_overlap": (0, 63),  # below --clip-len (checked below)
+    "scene_threshold": (0.0, 1.0),  # clips.cut_score is a fraction
+}
+TILE_MIN = 16  # latent px: the UNet halves a tile three times, so 16 leaves it 2 px at its coarsest level
+TILE_MULTIPLE = 8  # and a multiple of 8 halves evenly (memory.smaller_tile keeps to it too)
+
+
+def check_ranges(o: dict) -> None:
+    """Every numeric option within its finite range (NaN fails every comparison, so it never passes)."""
+    for name, (low, high) in RANGES.items():
+        value = o.get(name)
+        if value is not None and not low <= value <= high:
+            raise typer.BadParameter(f"{value} is outside {low}..{high}", param_hint="--" + name.replace("_", "-"))
+    tile = parse_tile(o["tile"])
+    if tile and (tile < TILE_MIN or tile % TILE_MULTIPLE):
+        raise typer.BadParameter(f"{tile} latent px: need 0 (untiled) or a multiple of {TILE_MULTIPLE}, at least {TILE_MIN}", param_hint="--tile")
+    if tile and o["tile_overlap"] is not None and o["tile_overlap"] >= tile:
+        raise typer.BadParameter(f"{o['tile_overlap']} is not below the tile ({tile})", param_hint="--tile-overlap")
+    if o["clip_overlap"] >= o["clip_len"]:
+        raise typer.BadParameter(f"{o['clip_overlap']} is not below --clip-len ({o['clip_len']})", param_hint="--clip-overlap")
+    steps = parse_steps(o["propagation_steps"]) if o["propagation_steps"] is not None else ()
+    if any(i < 0 or (o["steps"] is not None and i >= o["steps"]) for i in steps):
+        raise typer.BadParameter(f"loop indices are 0..steps-1, got {o['propagation_steps']}", param_hint="--propagation-steps")
+
+
 def job_config(o: dict) -> UpscaleConfig:
     """Check the options of `upscale` or `frames` (``o``: the command's parameters) and freeze them."""
+    check_ranges(o)
     if o["scale"] not in SCALES:
         raise typer.BadParameter(f"{o['scale']} is not one of 2, 3, 4", param_hint="--scale")
     if o["skip_existing"] and o["overwrite"]:
@@ -243,19 +300,13 @@ def job_config(o: dict) -> UpscaleConfig:
                           ("scheduler", SCHEDULERS), ("color_fix", COLOR_FIXES), ("flow", FLOW_METHODS)):
         if o.get(name) is not None:
             choice(o[name], allowed, "--" + name.replace("_", "-"))
-    if o["noise_level"] is not None and not 0 <= o["noise_level"] <= 350:
-        raise typer.BadParameter(f"{o['noise_level']} is outside 0..350", param_hint="--noise-level")
-    if o["clip_len"] < 1 or not 0 <= o["clip_overlap"] < o["clip_len"]:
-        raise typer.BadParameter("need --clip-len >= 1 and 0 <= --clip-overlap < --clip-len", param_hint="--clip-overlap")
-    if o["steps"] is not None and o["steps"] < 1:
-        raise typer.BadParameter("need at least 1 step", param_hint="--steps")
-    if o["motion_guidance"] is not None and not 0 <= o["motion_guidance"] <= 1:
-        raise typer.BadParameter("motion guidance strength is a fraction, 0..1", param_hint="--motion-guidance")
     window = parse_span(o["guidance_window"], "--guidance-window", float)
-    if window is not None and (window[1] is None or window[1] > 1):
+    if window is not None and (window[1] is None or not 0 <= window[0] < window[1] <= 1):
         raise typer.BadParameter("expected fractions 0 <= START < END <= 1", param_hint="--guidance-window")
     steps = parse_steps(o["propagation_steps"]) if o["propagation_steps"] is not None else None
     sample = {**o, "tile": parse_tile(o["tile"]), "propagation_steps": steps, "guidance_window": window}
+    if o["tile_overlap"] is None:  # the config's default, which the memory plan shrinks to a quarter of a smaller tile
+        del sample["tile_overlap"]
     encode = {f.name: o[f.name] for f in fields(EncodeConfig) if f.name in o}
     top = {f.name: o[f.name] for f in fields(UpscaleConfig) if f.name in o and f.name not in ("frames", "encode", "sample")}
     return UpscaleConfig(
@@ -268,14 +319,14 @@ def job_config(o: dict) -> UpscaleConfig:
 
 @app.command(epilog=EXIT_CODES_HELP)
 def upscale(
-    paths: Annotated[list[Path], typer.Argument(metavar="INPUT... OUTPUT", help="Input video(s) or a directory, then the output file (one input) or directory.")],
+    paths: Annotated[list[Path], typer.Argument(metavar="INPUT... OUTPUT", readable=False, help="Input video(s) or a directory, then the output file (one input) or directory.")],
     scale: ScaleOpt = D.scale,
     model: ModelOpt = D.model,
     revision: RevisionOpt = None,
     device: DeviceOpt = D.device,
     dtype: DtypeOpt = D.dtype,
     codec: Annotated[Optional[str], typer.Option(help="Video encoder (default libx264 for 8-bit input, libx265 for 10-bit).", rich_help_panel=ENC)] = None,
-    crf: Annotated[Optional[int], typer.Option(help="Constant rate factor (encoder default when unset).", rich_help_panel=ENC)] = None,
+    crf: Annotated[Optional[int], typer.Option(help="Constant rate factor, 0..63 within the encoder's own range (encoder default when unset).", rich_help_panel=ENC)] = None,
     preset: Annotated[Optional[str], typer.Option(help="Encoder preset (encoder default when unset).", rich_help_panel=ENC)] = None,
     pix_fmt: Annotated[Optional[str], typer.Option(help="Output pixel format (default follows the input's bit depth).", rich_help_panel=ENC)] = None,
     audio: Annotated[str, typer.Option(help="copy (re-encode, with a warning, where the container refuses), aac or none.", rich_help_panel=ENC)] = E.audio,
@@ -295,7 +346,7 @@ def upscale(
     scheduler: SchedOpt = None,
     seed: SeedOpt = S.seed,
     tile: TileOpt = "auto",
-    tile_overlap: OverlapOpt = S.tile_overlap,
+    tile_overlap: OverlapOpt = None,
     batch: BatchOpt = None,
     compile: CompileOpt = False,
     color_fix: ColorOpt = S.color_fix,
@@ -322,8 +373,8 @@ def upscale(
 
 @app.command("frames", epilog=EXIT_CODES_HELP)
 def frames_command(
-    in_dir: Annotated[Path, typer.Argument(metavar="IN_DIR", help="Folder of images (png, jpg, webp, tiff, bmp), natural-sorted, one sequence.")],
-    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Folder for the upscaled images (same names).")],
+    in_dir: Annotated[Path, typer.Argument(metavar="IN_DIR", readable=False, help="Folder of images (png, jpg, webp, tiff, bmp), natural-sorted, one sequence.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", readable=False, help="Folder for the upscaled images (same names).")],
     scale: ScaleOpt = D.scale,
     model: ModelOpt = D.model,
     revision: RevisionOpt = None,
@@ -341,7 +392,7 @@ def frames_command(
     scheduler: SchedOpt = None,
     seed: SeedOpt = S.seed,
     tile: TileOpt = "auto",
-    tile_overlap: OverlapOpt = S.tile_overlap,
+    tile_overlap: OverlapOpt = None,
     batch: BatchOpt = None,
     compile: CompileOpt = False,
     color_fix: ColorOpt = S.color_fix,
@@ -365,7 +416,7 @@ def frames_command(
 
 @app.command(epilog=EXIT_CODES_HELP)
 def probe(
-    path: Annotated[Path, typer.Argument(metavar="INPUT", help="A video file.")],
+    path: Annotated[Path, typer.Argument(metavar="INPUT", readable=False, help="A video file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show streams, codecs, frame rate (and whether it varies), rotation, colour tags, duration and frame count."""
@@ -450,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line per error, documented exit codes, never a traceback for bad input."""
     import logging
 
-    from vsrup.outputs import install_signal_handlers
+    from vsrup.outputs import ignore_late_signals, install_signal_handlers
 
     install_signal_handlers()
     # FFmpeg's messages reach Python logging as "libav"; its last error is already in the exception text.
@@ -462,17 +513,19 @@ def main(argv: list[str] | None = None) -> None:
         print("vsrup: error: interrupted", file=sys.stderr)
         sys.exit(EXIT_SIGINT)
     except VsrupError as e:
-        print(f"vsrup: error: {e}", file=sys.stderr)
+        print(f"vsrup: error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
     except Exception as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `vsrup`: the help, as a usage error
             print(e.format_message(), file=sys.stderr)
             sys.exit(EXIT_USAGE)
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # a usage error from (Typer's) click
-            print(f"vsrup: error: {e.format_message()} (see --help)", file=sys.stderr)
+            print(f"vsrup: error: {one_line(e.format_message())} (see --help)", file=sys.stderr)
             sys.exit(e.exit_code)
         if os.environ.get("VSRUP_DEBUG"):  # a bug: still one line, unless asked for the traceback
             raise
-        print(f"vsrup: error: internal error: {type(e).__name__}: {e} (VSRUP_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(f"vsrup: error: internal error: {type(e).__name__}: {one_line(str(e))} (VSRUP_DEBUG=1 shows the traceback)", file=sys.stderr)
         sys.exit(1)
+    finally:
+        ignore_late_signals()
     sys.exit(code or 0)

@@ -1,7 +1,8 @@
 """Frozen job configuration. No torch import here: the CLI builds these before anything heavy loads.
 
 Every default carries a comment saying where it comes from. The CLI's option defaults are read
-from these classes so the two never disagree.
+from these classes so the two never disagree, and the CLI checks each numeric value's range
+(``cli.RANGES``) before it builds them.
 """
 
 from __future__ import annotations

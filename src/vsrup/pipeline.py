@@ -19,11 +19,11 @@ import numpy as np
 
 from vsrup.clips import CrossFade, Indexed, plan, restarts
 from vsrup.config import UpscaleConfig
-from vsrup.errors import EXIT_RUNTIME, InputDataError, Interrupted, UsageError, VsrupError
+from vsrup.errors import EXIT_RUNTIME, InputDataError, Interrupted, OutputError, UsageError, VsrupError
 from vsrup.events import Emit, Event, ignore
 from vsrup.models import Model, Window
 from vsrup.models.registry import Choice, choose
-from vsrup.outputs import atomic_output, check_output
+from vsrup.outputs import atomic_output, check_output, release_signals
 from vsrup.resize import lanczos_resize
 from vsrup.runner import Flows, ModelRunner
 from vsrup.threads import Ahead, Behind
@@ -55,7 +55,8 @@ def plan_jobs(inputs: Sequence[Path], output: Path, fmt: str | None = None) -> l
     sources: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+            # Hidden files include vsrup's own temporary ones (a killed run's ".o.vsrup-PID.partial.mp4").
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith("."))
             if not found:
                 raise UsageError(f"{path}: no video files in this directory")
             sources += found
@@ -81,6 +82,7 @@ def upscale(inputs: Sequence[Path], output: Path, config: UpscaleConfig, *, fmt:
     model = LazyModel(choice, config, emit)
     results = []
     for job in jobs:
+        release_signals()  # a signal held during the last job's commit stops the batch here
         if job.target.exists() and config.skip_existing:
             emit(Event("skipped", path=str(job.source), message=f"{job.target} exists"))
             results.append(Result(job, "skipped"))
@@ -132,21 +134,24 @@ class LazyModel:
 
 
 def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit) -> int:
-    from vsrup.media.decode import decode_frames
+    from vsrup.media.decode import check_length, decode_frames
     from vsrup.media.encode import VideoWriter
     from vsrup.media.probe import probe
 
     # 1. Refuse what must be refused before any work: output == input, an existing output.
     check_output(job.source, job.target, overwrite=config.overwrite)
-    # 2. Probe the input and decide the frame span.
+    # 2. Probe the input and decide the frame span. A job that reads to the end of a truncated input fails
+    #    now, where the container says how long the video is, not after the long work.
     info = probe(job.source)
+    if not config.allow_partial and (config.frames is None or config.frames[1] is None):
+        check_length(info)
     first, stop = frame_span(config, info.video.frames)
     total = None if stop is None else stop - first
     width, height = info.video.width * config.scale, info.video.height * config.scale
     path = str(job.source)
     emit(Event("start", path=path, message=str(job.target), total=total, data={"size": [width, height]}))
     written = 0
-    with atomic_output(job.target) as partial:
+    with atomic_output(job.target, overwrite=config.overwrite, emit=emit) as partial:
         # 3. Open the output: streams are planned (trial mux) before the long work starts.
         with VideoWriter(partial, info, config.encode, (width, height), trim=config.frames is not None, emit=emit) as writer:
             # 4. Load the model (once per batch), then stream: decode -> clips -> upscale -> blend -> encode.
@@ -309,7 +314,10 @@ def _upscale_folder(job: Job, choice: Choice, config: UpscaleConfig, emit: Emit)
     emit(Event("start", path=str(job.source), message=str(job.target), total=len(todo)))
     if not todo:
         return 0
-    job.target.mkdir(parents=True, exist_ok=True)
+    try:
+        job.target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{job.target}: cannot create the output folder: {e.strerror or e}") from None
 
     def items():
         for i, path in enumerate(paths):

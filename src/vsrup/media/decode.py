@@ -14,12 +14,14 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from vsrup.errors import InputDataError, UsageError
+from vsrup.errors import InputDataError, UsageError, VsrupError
 from vsrup.events import Emit, Event, ignore
 from vsrup.media.probe import MATRICES, MediaInfo, VideoInfo, open_input
 
 DEINTERLACE_MODES = ("auto", "on", "off")
 TRUNCATION_TOLERANCE = 0.02  # fraction of the video's duration allowed to be missing at the end
+LENGTH_FORMATS = ("matroska", "mov", "avi")  # containers whose header says how long the video is (TS and PS only estimate it)
+TAIL_SECONDS = 1.0  # the up-front truncation check reads the packets of this last stretch
 
 
 @dataclass(frozen=True)
@@ -49,18 +51,22 @@ def decode_frames(
         repaired = 0
         last_pts: int | None = None
         step = expected_step(video)
-        for index, frame in enumerate(frames):
-            pts = frame.pts
-            if last_pts is None:
-                if pts is None:
-                    pts = round(video.start_time / video.time_base) if video.start_time else 0
-            elif pts is None:
-                pts = last_pts + step
-            elif pts <= last_pts:
-                pts = last_pts + 1
-            repaired += pts != frame.pts
-            last_pts = pts
-            yield Frame(index, pts, to_rgb(frame, video))
+        try:
+            for index, frame in enumerate(frames):
+                pts = frame.pts
+                if last_pts is None:
+                    if pts is None:
+                        pts = round(video.start_time / video.time_base) if video.start_time else 0
+                elif pts is None:
+                    pts = last_pts + step
+                elif pts <= last_pts:
+                    pts = last_pts + 1
+                repaired += pts != frame.pts
+                last_pts = pts
+                yield Frame(index, pts, to_rgb(frame, video))
+        except MemoryError:  # av.error.MemoryError (FFmpeg's ENOMEM) is one too: not damage in the file
+            at = f" at frame {index + 1}" if index >= 0 else ""
+            raise VsrupError(f"{path}: out of memory while decoding{at}; close other programs or lower --clip-len") from None
         if index < 0:
             raise InputDataError(f"{path}: no video frame could be decoded")
         if repaired:
@@ -84,7 +90,8 @@ def _decoded(container, stream, video: VideoInfo, allow_partial: bool, path: str
     step = expected_step(video)
     timeline = _Timeline(step, max(DISCONTINUITY_STEPS * step, round(DISCONTINUITY_SECONDS / video.time_base)))
     last_time = None  # seconds: end of the last decoded frame (on the repaired timeline)
-    for frame in _spikes_removed(_raw_decoded(container, stream, video, allow_partial, path, emit), step):
+    frames = _first_size(_raw_decoded(container, stream, video, allow_partial, path, emit), video, path, emit)
+    for frame in _spikes_removed(frames, step):
         if frame.pts is not None:
             frame.pts = timeline.place(frame.pts)
             last_time = float((frame.pts + step) * video.time_base)
@@ -150,6 +157,8 @@ def _raw_decoded(container, stream, video: VideoInfo, allow_partial: bool, path:
             packet = next(packets)
         except StopIteration:
             break
+        except MemoryError:
+            raise
         except av.error.FFmpegError as e:  # the demuxer itself gave up: treat the rest as missing
             damaged += 1
             _damage(path, e, last_time, allow_partial)
@@ -173,6 +182,23 @@ def _raw_decoded(container, stream, video: VideoInfo, allow_partial: bool, path:
         emit(Event("warning", path=path, message=f"{corrupt} frame(s) decoded from damaged data (errors concealed by the decoder)"))
 
 
+def _first_size(frames: Iterator[av.VideoFrame], video: VideoInfo, path: str, emit: Emit) -> Iterator[av.VideoFrame]:
+    """Frames of another size than the first (a broadcast that switches resolution) are resized to it:
+    the first frame's size sets the output's. One warning per new size."""
+    size = (video.width, video.height)
+    seen = set()
+    for index, frame in enumerate(frames):
+        if (frame.width, frame.height) != size:
+            if (frame.width, frame.height) not in seen:
+                seen.add((frame.width, frame.height))
+                emit(Event("warning", path=path, message=f"frame size changes from {size[0]}x{size[1]} to {frame.width}x{frame.height} "
+                           f"at frame {index}; such frames are resized to {size[0]}x{size[1]}, the size of the first frame (and of the output)"))
+            pts = frame.pts
+            frame = frame.reformat(width=size[0], height=size[1], interpolation="LANCZOS")  # same pixel format: no matrix involved
+            frame.pts = pts
+        yield frame
+
+
 def _damage(path: str, error: Exception, last_time: float | None, allow_partial: bool) -> None:
     if allow_partial:
         return
@@ -183,16 +209,61 @@ def _damage(path: str, error: Exception, last_time: float | None, allow_partial:
 
 def _check_complete(video: VideoInfo, last_time: float | None, allow_partial: bool, path: str, emit: Emit) -> None:
     """Truncation often raises nothing: compare where decoding ended with where the header says it ends."""
-    if last_time is None or not video.duration:
+    message = _truncation(video, last_time)
+    if message is None:
         return
-    expected_end = (video.start_time or 0.0) + video.duration
-    frame = float(1 / video.rate) if video.rate else 0.0
-    if last_time >= expected_end - max(2 * frame, TRUNCATION_TOLERANCE * video.duration):
-        return
-    message = f"video ends at {last_time:.2f}s but the container says {expected_end:.2f}s: the file looks truncated"
     if not allow_partial:
         raise InputDataError(f"{path}: {message}; --allow-partial keeps what decodes")
     emit(Event("warning", path=path, message=message))
+
+
+def _truncation(video: VideoInfo, last_time: float | None) -> str | None:
+    """What is missing when the video ends at ``last_time`` (seconds) well before the header's end; else None."""
+    if last_time is None or not video.duration:
+        return None
+    expected_end = (video.start_time or 0.0) + video.duration
+    frame = float(1 / video.rate) if video.rate else 0.0
+    if last_time >= expected_end - max(2 * frame, TRUNCATION_TOLERANCE * video.duration):
+        return None
+    return f"video ends at {last_time:.2f}s but the container says {expected_end:.2f}s: the file looks truncated"
+
+
+def check_length(info: MediaInfo) -> None:
+    """Find truncation before the long work, where the container says how long the video is.
+
+    Matroska, MP4/MOV and AVI headers give the video's duration (and MP4 an index of every sample
+    with its byte range): a sample indexed past the end of the file, or last packets that end well
+    before the duration, mean a truncated file, InputDataError. MPEG-TS and PS only estimate their
+    length; there, and when this cannot tell, truncation is found when decoding ends.
+    """
+    video = info.video
+    if not video.duration or info.format_name.split(",")[0] not in LENGTH_FORMATS:
+        return
+    with open_input(info.path) as container:
+        stream = container.streams[video.index]
+        entries = stream.index_entries
+        indexed = max((entries[i].pos + entries[i].size for i in range(len(entries))), default=0)
+        if indexed > container.size:
+            raise InputDataError(f"{info.path}: the index places video data up to byte {indexed} of a {container.size}-byte file: "
+                                 "the file looks truncated; --allow-partial keeps what decodes")
+        message = _truncation(video, _tail_end(container, stream, video))
+    if message is not None:
+        raise InputDataError(f"{info.path}: {message}; --allow-partial keeps what decodes")
+
+
+def _tail_end(container, stream, video: VideoInfo) -> float | None:
+    """Where the video's last packets end (seconds), read after a seek to just before the header's end."""
+    expected_end = (video.start_time or 0.0) + video.duration
+    end = None
+    try:
+        container.seek(max(0, int((expected_end - TAIL_SECONDS) / video.time_base)), stream=stream)
+        for packet in container.demux(stream):
+            if packet.pts is not None:
+                t = float((packet.pts + (packet.duration or expected_step(video))) * video.time_base)
+                end = t if end is None else max(end, t)
+    except av.error.FFmpegError:
+        pass  # a seek the format cannot do, or damage in the tail: what was read stands (decoding still checks the end)
+    return end
 
 
 def _bwdif(frames: Iterator[av.VideoFrame], stream, every_frame: bool) -> Iterator[av.VideoFrame]:

@@ -27,6 +27,7 @@ PRESET_CODECS = ("libx264", "libx265")  # encoders whose `preset` option takes t
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 VPX_DEFAULT_CRF = 31  # libvpx-vp9 constant quality; Google's VOD guide uses 31-33 for 1080p
 _CHROMA_NAMES = {(1, 1): "yuv420p", (1, 0): "yuv422p", (0, 0): "yuv444p", (0, 1): "yuv440p"}
+X265_UNSET_DTS_FRAMES = 2  # encodes this short get garbage dts from libx265 (see VideoWriter.close)
 
 
 def default_codec(format_name: str, bit_depth: int) -> str:
@@ -79,6 +80,7 @@ class VideoWriter:
         self.trim = trim
         self.emit = emit
         self.frames_written = 0
+        self._file = None  # the file the muxer writes through: ours, so that write errors are ours too
         self._output = None
         self._source = None
         self._closed = False
@@ -106,8 +108,9 @@ class VideoWriter:
 
     def _open(self) -> None:
         info, video = self.info, self.info.video
+        self._file = open(self.path, "wb")
         try:
-            self._output = av.open(str(self.path), "w")
+            self._output = av.open(self._file, "w")  # the format from the name's extension
         except ValueError:
             raise UsageError(f"{self.path}: cannot tell the output format from the extension") from None
         self._source = open_input(info.path)
@@ -227,7 +230,15 @@ class VideoWriter:
             with _output_errors(self.path):
                 if self.frames_written == 0:
                     raise InputDataError(f"{self.info.path}: no video frames were written")
-                self._mux(self._video.encode(None))
+                flushed = self._video.encode(None)
+                if self._video.codec_context.name == "libx265" and self.frames_written <= X265_UNSET_DTS_FRAMES:
+                    # x265 sets the offset between its pts and dts (Encoder::m_bframeDelayTime) only when
+                    # its third frame arrives, and never initialises it: a shorter encode gets dts = pts
+                    # minus whatever that memory held, which muxers refuse ("pts/dts pair unsupported").
+                    # Encodes that short are not reordered: their dts is their pts.
+                    for packet in flushed:
+                        packet.dts = packet.pts
+                self._mux(flushed)
                 end = None
                 if self.trim:
                     end = (self._last_pts + expected_step(self.info.video)) * self.info.video.time_base
@@ -239,6 +250,7 @@ class VideoWriter:
                 for index, count in sorted(self._dropped.items()):
                     self._warn(f"output stream {index}: {count} packet(s) with out-of-order timestamps dropped")
                 self._output.close()
+                self._file.close()  # flushes what the muxer wrote last; the commit fsyncs it
                 self._source.close()
                 self._closed = True
         finally:
@@ -352,7 +364,7 @@ class VideoWriter:
     def _abort(self) -> None:
         """Release both containers after a failure; the file is left for the caller to delete."""
         self._closed = True
-        for container in (self._output, self._source):
+        for container in (self._output, self._file, self._source):
             if container is not None:
                 with contextlib.suppress(Exception):
                     container.close()
@@ -368,9 +380,13 @@ def _output_errors(path: Path):
     """Disk full, permission denied and friends become one-line OutputErrors (exit 74)."""
     try:
         yield
-    except OSError as e:  # av.error.OSError and av.error.PermissionError are OSError subclasses
-        reason = e.strerror or errno.errorcode.get(e.errno or 0) or str(e)
-        raise OutputError(f"{path}: {reason.splitlines()[0]}") from None
+    except (OSError, av.error.PyAVCallbackError) as e:  # av.error.OSError and av.error.PermissionError are OSError subclasses
+        # A failed write of our file object reaches us through FFmpeg as a PyAVCallbackError, the OSError as its context.
+        error = e.__context__ if isinstance(e, av.error.PyAVCallbackError) else e
+        if not isinstance(error, OSError):
+            raise
+        reason = error.strerror or errno.errorcode.get(error.errno or 0) or str(error)
+        raise OutputError(f"{path}: cannot write output: {reason.splitlines()[0]}") from None
 
 
 # --- RGB -> Y'CbCr -------------------------------------------------------------------------------
@@ -421,7 +437,8 @@ def from_rgb(image: np.ndarray, pix_fmt: str, video: VideoInfo) -> av.VideoFrame
     top = (1 << depth) - 1
     if fmt.is_rgb:
         packed = "rgb48le" if depth > 8 else "rgb24"
-        codes = np.clip(np.rint(image * np.iinfo(np.uint16 if depth > 8 else np.uint8).max), 0, None)
+        peak = np.iinfo(np.uint16 if depth > 8 else np.uint8).max
+        codes = np.clip(np.rint(image * peak), 0, peak)  # both ends: a model's overshoot must saturate, not wrap
         frame = av.VideoFrame.from_ndarray(codes.astype(np.uint16 if depth > 8 else np.uint8), format=packed)
         return frame.reformat(format=pix_fmt)  # a repack, no matrix involved
     kr, kb = MATRICES[video.matrix]

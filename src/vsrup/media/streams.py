@@ -114,6 +114,10 @@ def trial_copy(format_name: str, template: av.stream.Stream, packets: list[av.Pa
 
     Some refusals come from add_stream, others only when the header is written at the first mux
     (e.g. "opus only supported in MP4" for mov), so the trial writes the header and a few packets.
+    Some muxers refuse nothing: MPEG-TS stores a codec it has no stream type for (mov_text, WebVTT,
+    PCM) as private data, read back as an unknown data stream; MPEG-PS stores text subtitles as DVD
+    bitmap ones. So the trial is read back too, and must hold the template's kind of stream (and,
+    for subtitles, its codec: a few audio packets are not always enough to tell the codec again).
     """
     buffer = io.BytesIO()
     try:
@@ -128,7 +132,25 @@ def trial_copy(format_name: str, template: av.stream.Stream, packets: list[av.Pa
                 trial.mux(copy)
     except (av.error.FFmpegError, ValueError) as e:
         return first_line(e)
+    back = _read_back(buffer) if packets else None
+    if back is None:
+        return None
+    kind, codec = template.type, template.codec_context.name
+    if kind not in (k for k, _ in back):
+        return f"{format_name} would store it as an unknown data stream"
+    if kind == "subtitle" and (kind, codec) not in back:
+        return f"{format_name} would store it as {next(c for k, c in back if k == kind)} subtitles"
     return None
+
+
+def _read_back(buffer: io.BytesIO) -> list[tuple[str, str | None]] | None:
+    """(kind, codec) of the streams a trial file reads back as; None when it cannot be read back."""
+    buffer.seek(0)
+    try:
+        with av.open(buffer, "r") as back:
+            return [(s.type, s.codec_context.name if s.codec_context else None) for s in back.streams]
+    except (av.error.FFmpegError, ValueError):
+        return None  # a few packets are not always enough to read a file back: the trial's answer stands
 
 
 def first_line(e: Exception) -> str:
@@ -239,7 +261,7 @@ def _plan_subtitle(output, stream, samples, warn) -> Route | None:
     name = stream.codec_context.name
     target = _subtitle_target(output)
     if name not in TEXT_SUBTITLES or target is None:
-        warn(stream, f"{fmt} cannot hold {name} subtitles and they cannot be converted; dropped")
+        warn(stream, f"{fmt} cannot hold {name} subtitles ({refusal}) and they cannot be converted; dropped")
         return None
     stream.codec_context.open(strict=False)  # the decoder builds the ASS header the encoder needs
     out = output.add_stream(target)

@@ -72,6 +72,8 @@ def settle(sample: SampleConfig) -> SampleConfig:
         raise UsageError(f"--steps must be at least 1, got {sample.steps}")
     if sample.scheduler not in SCHEDULERS:
         raise UsageError(f"unknown scheduler {sample.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+    if any(not 0 <= i < sample.steps for i in sample.propagation_steps):
+        raise UsageError(f"--propagation-steps are loop indices 0..{sample.steps - 1}, got {list(sample.propagation_steps)}")
     return sample
 
 
