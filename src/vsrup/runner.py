@@ -81,15 +81,20 @@ class ModelRunner:
         return self.finish(out, window)
 
     def finish(self, out, window: Window) -> np.ndarray:
-        """Colour fix (generative models), clamp, host copy, asked scale: (T, H', W', 3) -> (T, H, W, 3) float32."""
+        """Colour fix (generative models), clamp, host copy, asked scale: (T, H', W', 3) -> (T, H, W, 3) float32.
+
+        Frame by frame and in place in the model's float32 output, so the working set is one frame's
+        colour fix beside the window (on a CPU job the device's memory is the host's).
+        """
         import torch
 
         from vsrup.color import bicubic_upscale, color_fix
 
         method = self.config.sample.color_fix
         if self.model.info.generative and method != "none":
-            lr = torch.from_numpy(window.frames).to(out.device)  # (T, h, w, 3)
-            out = color_fix(out, bicubic_upscale(lr, out.shape[1], out.shape[2]), method)  # (T, H', W', 3)
+            for k in range(out.shape[0]):
+                lr = torch.from_numpy(window.frames[k : k + 1]).to(out.device)  # (1, h, w, 3)
+                out[k : k + 1] = color_fix(out[k : k + 1], bicubic_upscale(lr, out.shape[1], out.shape[2]), method)  # (1, H', W', 3)
         images = out.clamp_(0, 1).cpu().numpy()  # (T, H', W', 3)
         scale = self.config.scale
         height, width = window.frames.shape[1] * scale, window.frames.shape[2] * scale

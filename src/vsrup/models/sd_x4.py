@@ -140,7 +140,8 @@ class Model:
             with stage("vae"):
                 images = decode_tiled(vae_decoder(self.vae), latents, tile=plan.vae_tile, overlap=plan.vae_overlap, factor=SCALE)
             progress(1.0)
-        return (images.float() / 2 + 0.5).permute(0, 2, 3, 1)  # (T, 4h, 4w, 3)
+        images = images.float().mul_(0.5).add_(0.5)  # (T, 3, 4h, 4w) in place: [-1, 1] -> [0, 1]
+        return images.permute(0, 2, 3, 1)  # (T, 4h, 4w, 3)
 
 
 # FLOP of one VAE decode per latent pixel over one UNet evaluation per latent pixel (perf.md §3: 155 / 69.3

@@ -131,7 +131,8 @@ class Model:
             with stage("vae"):
                 images = decode_tiled(decode, latents, tile=plan.vae_tile, overlap=plan.vae_overlap, factor=SCALE)  # (T, 3, 4h, 4w)
             progress(1.0)
-        return (images.float() / 2 + 0.5).permute(0, 2, 3, 1)  # (T, 4h, 4w, 3)
+        images = images.float().mul_(0.5).add_(0.5)  # (T, 3, 4h, 4w) in place: [-1, 1] -> [0, 1]
+        return images.permute(0, 2, 3, 1)  # (T, 4h, 4w, 3)
 
     def denoiser(self, plan: MemoryPlan):
         """UNet (with the ControlNet's residuals when there is a control image), tile by tile under ``plan``."""

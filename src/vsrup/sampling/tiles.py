@@ -186,4 +186,5 @@ def tiled(
             out[t.row, :, ys, xs] += weight * pred  # (C_out, s*th, s*tw)
             if t.row == 0:
                 total[ys, xs] += weight  # every sample has the same grid
-    return (out / total).to(preds.dtype)  # (B, C_out, s*h, s*w)
+    out /= total  # in place: the accumulator is the result
+    return out.to(preds.dtype)  # (B, C_out, s*h, s*w)
