@@ -1,10 +1,13 @@
-"""Peak RSS of `vsrup upscale` against video length: memory must not grow with the number of frames.
+"""Peak RSS of `vsrup upscale` against video length, and against the documented host-memory formula.
 
     python benchmarks/bench_memory.py                       # 300 vs 3000 frames, 320x240, lanczos x2
     python benchmarks/bench_memory.py --model tiny --size 32x24 --extra "--steps 2"   # the diffusion path, tiny random x4 model
+    python benchmarks/bench_memory.py --frames 24 --size 960x540 --scale 4              # the formula at 4K output
 
 Each run is a fresh process; its peak RSS comes from wait4(). The target (issue 2): the long
-video's peak within 1.25x of the short one's.
+video's peak within 1.25x of the short one's. Each run also reports the formula's prediction
+(memory.host_bytes, docs/memory.md): the job's info event gives the frames' bytes and the resident
+memory when it was computed (weights and libraries loaded); predicted = the two together.
 """
 
 from __future__ import annotations
@@ -46,14 +49,20 @@ def make_video(path: Path, n: int, width: int, height: int, fps: int = 25) -> No
         out.mux(audio.encode())
 
 
-def peak_rss(cmd: list[str]) -> tuple[int, float]:
+def peak_rss(cmd: list[str]) -> tuple[int, float, int | None]:
+    """(peak RSS, seconds, predicted peak) of one run with --log-json (the prediction from its host-memory event)."""
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{shlex.join(cmd)} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
-    return usage.ru_maxrss * 1024, time.monotonic() - started
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"{shlex.join(cmd)} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+        log.seek(0)
+        events = [json.loads(line) for line in log.read().decode().splitlines() if line.startswith("{")]
+    memory = [e for e in events if "frames_bytes" in e]
+    predicted = memory[0]["frames_bytes"] + memory[0]["resident_bytes"] if memory and memory[0].get("resident_bytes") else None
+    return usage.ru_maxrss * 1024, time.monotonic() - started, predicted
 
 
 def main() -> None:
@@ -79,15 +88,16 @@ def main() -> None:
             src = Path(tmp) / f"in{n}.mp4"
             make_video(src, n, width, height)
             cmd = [sys.executable, "-m", "vsrup", "upscale", str(src), str(Path(tmp) / f"out{n}.mp4"), "--model", model,
-                   "--scale", args.scale, "--quiet", *shlex.split(args.extra)]
-            rss, seconds = peak_rss(cmd)
-            rows.append({"frames": n, "peak_rss_bytes": rss, "seconds": round(seconds, 2), "fps": round(n / seconds, 1)})
+                   "--scale", args.scale, "--log-json", *shlex.split(args.extra)]
+            rss, seconds, predicted = peak_rss(cmd)
+            rows.append({"frames": n, "peak_rss_bytes": rss, "predicted_peak_bytes": predicted, "seconds": round(seconds, 2), "fps": round(n / seconds, 1)})
     ratio = rows[-1]["peak_rss_bytes"] / rows[0]["peak_rss_bytes"]
     if args.json:
         print(json.dumps({"size": args.size, "model": args.model, "scale": args.scale, "rows": rows, "ratio": round(ratio, 3)}))
         return
     for r in rows:
-        print(f"{r['frames']:>6} frames  peak RSS {r['peak_rss_bytes'] / 2**20:8.1f} MiB  {r['seconds']:7.1f} s  {r['fps']:6.1f} fps")
+        formula = f"formula {r['predicted_peak_bytes'] / 2**20:8.1f} MiB" if r["predicted_peak_bytes"] else "formula n/a"
+        print(f"{r['frames']:>6} frames  peak RSS {r['peak_rss_bytes'] / 2**20:8.1f} MiB  {formula}  {r['seconds']:7.1f} s  {r['fps']:6.1f} fps")
     print(f"ratio longest/shortest: {ratio:.3f} (target <= 1.25)")
 
 

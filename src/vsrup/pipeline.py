@@ -156,9 +156,11 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
         with VideoWriter(partial, info, config.encode, (width, height), trim=config.frames is not None, emit=emit) as writer:
             # 4. Load the model (once per batch), then stream: decode -> clips -> upscale -> blend -> encode.
             upscaler = model.get()
-            # Decoding runs a clip ahead and encoding a clip behind, each in its own thread.
+            # Decoding runs a clip ahead and encoding a clip behind, each in its own thread; the frames must fit.
+            in_px = info.video.width * info.video.height
+            ahead, behind = queue_depth(in_px), queue_depth(width * height)
+            check_frames_fit(upscaler, config, in_px, ahead, behind, writer.picture_bytes, str(job.source), emit)
             frames = decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit)
-            ahead, behind = queue_depth(info.video.width * info.video.height), queue_depth(width * height)
             with Ahead(frames, ahead, "vsrup-decode") as decoded, Behind(writer.write, behind, "vsrup-encode") as encode:
                 for frame, image in upscale_frames(decoded, upscaler, config, in_span(first, stop), stop, total=total, emit=emit):
                     encode.submit(image, frame.pts)
@@ -173,6 +175,21 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
 def queue_depth(pixels: int) -> int:
     """How many float32 RGB frames of ``pixels`` a background queue holds: QUEUE_BYTES of them, 1 to QUEUE_FRAMES."""
     return max(1, min(QUEUE_FRAMES, QUEUE_BYTES // (12 * pixels)))
+
+
+def check_frames_fit(model: Model, config: UpscaleConfig, in_px: int, ahead: int, behind: int, picture_bytes: float, what: str, emit: Emit) -> None:
+    """Refuse, in one line, a job whose frames cannot fit in host memory (memory.host_bytes), before the long work."""
+    from vsrup.memory import check_host_memory, host_bytes, resident_bytes
+
+    window, overlap = (model.info.window, 0) if model.info.window else (config.sample.clip_len, config.sample.clip_overlap)
+    need = host_bytes(
+        in_px=in_px, scale=config.scale, model_scale=model.info.scale, window=window, overlap=overlap,
+        queue_in=ahead, queue_out=behind, picture_bytes=picture_bytes,
+        colour_fix_on_host=model.info.generative and model.device.type == "cpu" and config.sample.color_fix != "none",
+    )
+    available = check_host_memory(need, what)
+    emit(Event("info", path=what, message=f"host memory for the frames: about {need / 2**30:.2f} GiB of {available / 2**30:.1f} GiB available",
+               data={"frames_bytes": need, "available_bytes": available, "resident_bytes": resident_bytes()}))
 
 
 def frame_span(config: UpscaleConfig, n_frames: int | None) -> tuple[int, int | None]:
@@ -334,7 +351,9 @@ def _upscale_folder(job: Job, choice: Choice, config: UpscaleConfig, emit: Emit)
 
     written = 0
     first = read_image(paths[min(todo)]).rgb
-    ahead, behind = queue_depth(first.shape[0] * first.shape[1]), queue_depth(first.shape[0] * first.shape[1] * config.scale**2)
+    in_px = first.shape[0] * first.shape[1]
+    ahead, behind = queue_depth(in_px), queue_depth(in_px * config.scale**2)
+    check_frames_fit(upscaler, config, in_px, ahead, behind, 0.0, str(job.source), emit)
     with Ahead(items(), ahead, "vsrup-read") as read, Behind(write, behind, "vsrup-write") as save:
         for item, rgb in upscale_frames(read, upscaler, config, todo.__contains__, total=len(todo), emit=emit):
             save.submit(item, rgb)

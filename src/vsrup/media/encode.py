@@ -201,6 +201,11 @@ class VideoWriter:
         self._pix_fmt = pix_fmt
         return stream
 
+    @property
+    def picture_bytes(self) -> float:
+        """Bytes per pixel of one picture in the encoder's pixel format (1.5 for 8-bit 4:2:0), for the host memory estimate."""
+        return sum(plane.buffer_size for plane in av.VideoFrame(64, 64, self._pix_fmt).planes) / 64**2
+
     # --- writing ---------------------------------------------------------------------------------
 
     def write(self, image: np.ndarray, pts: int) -> None:
