@@ -178,6 +178,13 @@ def test_loads_from_the_hub_cache_without_running_the_repos_code(tiny_stablevsr_
     assert model.settings.steps == 50 and model.settings.scheduler == "ddpm"
     assert model.unet.class_embedding is None
     assert not list(tiny_stablevsr_cache.rglob(MARKER))  # the custom pipeline file was never imported
+    # `vsrup download stablevsr` offline finds the same snapshot, with the ControlNet in its file list.
+    from vsrup.models import hub
+    from vsrup.models.registry import repo_for
+
+    repo, family = repo_for("stablevsr")
+    assert repo == REPO_ID and "controlnet" in family.module.FILES.weights
+    assert (hub.download(repo, family.module.FILES) / "controlnet" / "config.json").exists()
 
 
 def test_a_local_folder_is_recognised_by_its_pipeline_class(tiny_stablevsr_folder):
