@@ -5,6 +5,7 @@ registry (``models/registry.py``) turns ``--model`` into a family and a source o
 module provides:
 
     FILES            hub.Layout | None       the files its folder must hold (None: no weights)
+    PIPELINE_CLASSES tuple[str, ...]         model_index.json "_class_name"s that mark a folder as this family's
     settle(sample)   SampleConfig            its defaults filled in; a UsageError for options it refuses
     Model(source, config, emit)              the loaded model, with ``info`` and ``device`` and either
                                              ``sample`` (a clip model) or ``step`` (a sequential one)

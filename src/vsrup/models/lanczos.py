@@ -11,6 +11,7 @@ from vsrup.models import ModelInfo, Progress, Window
 from vsrup.resize import lanczos_resize
 
 FILES = None  # no weights
+PIPELINE_CLASSES = ()  # no folder holds it
 
 
 def settle(sample: SampleConfig) -> SampleConfig:

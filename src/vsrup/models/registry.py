@@ -72,7 +72,7 @@ def folder_family(folder: Path) -> str:
     except (OSError, ValueError, AttributeError):
         return DEFAULT_FAMILY
     for name, (module, _) in FAMILIES.items():
-        if named in getattr(import_module(module), "PIPELINE_CLASSES", ()):
+        if named in import_module(module).PIPELINE_CLASSES:
             return name
     return DEFAULT_FAMILY
 
