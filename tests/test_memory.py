@@ -47,6 +47,15 @@ def test_given_tile_and_batch_are_kept_and_overlap_fits_the_tile():
     assert (untiled.tile, untiled.batch) == (0, 4)
 
 
+def test_untiled_means_the_vae_decode_too():
+    """--tile 0 is untiled everywhere: the VAE decodes whole frames even where a tile would be chosen."""
+    plan = plan_memory(80 * GIB, 64, 200, samples=1, tile=0, overlap=32, batch=None, dtype_bytes=4)
+    assert (plan.tile, plan.vae_tile) == (0, 0)
+    assert "VAE decode untiled" in plan.describe()
+    tiled = plan_memory(80 * GIB, 64, 200, samples=1, tile=None, overlap=32, batch=None, dtype_bytes=4)
+    assert tiled.vae_tile == 128  # auto still tiles the decode above 128 latent px a side
+
+
 def test_description_is_one_line():
     text = plan_memory(80 * GIB, 270, 480, samples=2, tile=None, overlap=32, batch=None, dtype_bytes=2).describe()
     assert "\n" not in text and "tile 128" in text and "270x480" in text

@@ -112,7 +112,7 @@ def plan_memory(
         per_tile = unet_bytes(area(tile), 2, dtype_bytes) - unet_bytes(area(tile), 1, dtype_bytes)
         fits = (budget - unet_bytes(0, 0, dtype_bytes)) // per_tile
         batch = max(1, min(fits, per_step, MAX_BATCH))
-    vae_tile = next((t for t in TILES if vae_bytes(area(t)) <= budget), TILE_FLOOR)
+    vae_tile = 0 if tile == 0 else next((t for t in TILES if vae_bytes(area(t)) <= budget), TILE_FLOOR)  # --tile 0: untiled everywhere
     vae_overlap = min(overlap, vae_tile // 4)  # VAE errors are spread, not at edges (docs/tiling.md): 25% suffices
     return MemoryPlan((h, w), tile, unet_overlap, batch, vae_tile, vae_overlap)
 
