@@ -26,7 +26,7 @@ the functions the pipeline calls:
   text_encoder  sd_x4.embed_prompts (tokenizer load, weights to device, 1 or 2 forward passes)
   unet          sampling.loop.UNetDenoiser.__call__ for the sampler's calls (one call per tile batch)
   guidance      the step hook returned by sd_x4.temporal_hook (motion guidance / propagation)
-  vae           each call of the decode fn returned by sd_x4.vae_decoder (one call per VAE tile)
+  vae           each sd_x4.decode_tiled call (one per clip: every tile and pass of its frames)
   color_fix     sd_x4.color_fix
   encode        media.encode.VideoWriter.__init__ (trial mux), .write, .close
   idle          wall time minus all of the above: clip planning, tile stacking and blending, scheduler
@@ -140,7 +140,7 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path):
     from vsrup.sampling.loop import UNetDenoiser
 
     orig = dict(
-        unet=UNetDenoiser.__call__, vae_decoder=sd.vae_decoder, embed=sd.embed_prompts, hook=sd.temporal_hook,
+        unet=UNetDenoiser.__call__, decode_tiled=sd.decode_tiled, embed=sd.embed_prompts, hook=sd.temporal_hook,
         color_fix=sd.color_fix, estimate_flow=flow_mod.estimate_flow, submit=flow_mod.FlowWorker.submit,
         decode=decode_mod.decode_frames, probe=probe_mod.probe, w_init=encode_mod.VideoWriter.__init__,
         w_write=encode_mod.VideoWriter.write, w_close=encode_mod.VideoWriter.close,
@@ -165,15 +165,10 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path):
         with stages("unet", gpu=True):
             return orig["unet"](self, x, t, text, noise_level)
 
-    def vae_decoder(vae):
-        decode = orig["vae_decoder"](vae)
-
-        def timed(latents):
-            record["vae"].append(tuple(latents.shape))
-            with stages("vae", gpu=True):
-                return decode(latents)
-
-        return timed
+    def decode_tiled(vae, latents, *, tile, overlap):
+        record["vae"].append((tuple(latents.shape), tile, overlap))
+        with stages("vae", gpu=True):
+            return orig["decode_tiled"](vae, latents, tile=tile, overlap=overlap)
 
     def embed_prompts(folder_, sample, device, dtype, emit):
         with stages("text_encoder", gpu=True):
@@ -246,7 +241,7 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path):
         mock.patch.object(sd, "CLIPTextModel", TextEncoderFromMemory),
         mock.patch.object(sd, "load_networks", load_networks),
         mock.patch.object(UNetDenoiser, "__call__", unet_call),
-        mock.patch.object(sd, "vae_decoder", vae_decoder),
+        mock.patch.object(sd, "decode_tiled", decode_tiled),
         mock.patch.object(sd, "embed_prompts", embed_prompts),
         mock.patch.object(sd, "temporal_hook", temporal_hook),
         mock.patch.object(sd, "color_fix", color_fix),
@@ -317,10 +312,14 @@ class FlopCounter:
 
         return self._count(("unet", x_shape, text_shape), run)
 
-    def vae_call(self, z_shape) -> int:
+    def vae_call(self, z_shape, tile: int = 0, overlap: int = 0) -> int:
+        """FLOPs of decode_tiled on a (B, 4, h, w) latent; tile 0: the untiled vae.decode."""
         import torch
 
-        return self._count(("vae", z_shape), lambda: self.vae.decode(torch.empty(z_shape, device="meta")))
+        from vsrup.sampling.vae_decode import decode_tiled
+
+        run = lambda: decode_tiled(self.vae, torch.empty(z_shape, device="meta"), tile=tile, overlap=overlap)  # noqa: E731
+        return self._count(("vae", z_shape, tile, overlap), run)
 
     def text_call(self) -> int:
         import torch
@@ -450,7 +449,7 @@ def flops_only(args, height: int, width: int) -> dict:
     unet_whole = counter.unet_call((1, 7, height, width), (1, 77, 1024))
     unet_tiled = n_tiles * counter.unet_call((1, 7, *side), (1, 77, 1024))
     vae_whole = counter.vae_call((1, 4, height, width))
-    vae_tiled = n_tiles * counter.vae_call((1, 4, *side))
+    vae_tiled = counter.vae_call((1, 4, height, width), tile, overlap)
     px = height * width
     cfg = 2 if (args.guidance if args.guidance is not None else defaults.guidance) > 1.0 else 1
     per_frame = {"untiled": args.steps * cfg * unet_whole + vae_tiled, "tiled": args.steps * cfg * unet_tiled + vae_tiled}
@@ -549,7 +548,7 @@ def main(argv=None) -> dict:
     # 2. FLOPs of the calls made, counted per distinct shape.
     counter = FlopCounter()
     unet_flops = sum(counter.unet_call(x, t) for x, t in record["unet"])
-    vae_flops = sum(counter.vae_call(z) for z in record["vae"])
+    vae_flops = sum(counter.vae_call(*call) for call in record["vae"])
     text_calls = 2 if sample.guidance > 1.0 else 1
     text_flops = text_calls * counter.text_call()
     matmul, conv = matmul_tflops(device, dtype), conv_tflops(device, dtype)
@@ -587,7 +586,7 @@ def main(argv=None) -> dict:
         "vae_flops": vae_flops,
         "text_encoder_flops": text_flops,
         "unet_calls": Counter(f"{x}" for x, _ in record["unet"]),
-        "vae_calls": Counter(f"{z}" for z in record["vae"]),
+        "vae_calls": Counter(f"{call}" for call in record["vae"]),
         "unet_mflop_per_latent_px_per_sample": unet_flops / sum(x[0] * x[2] * x[3] for x, _ in record["unet"]) / 1e6 if record["unet"] else None,
         "matmul_tflops": matmul,
         "conv_tflops": conv,

@@ -40,7 +40,7 @@ from vsrup.sampling.loop import StepHook, TextEmbeddings, UNetDenoiser, sample_c
 from vsrup.sampling.schedulers import SCHEDULERS, build_scheduler
 from vsrup.sampling.temporal import temporal_hook
 from vsrup.sampling.tiles import tiled
-from vsrup.sampling.vae_decode import decode_tiled, vae_decoder
+from vsrup.sampling.vae_decode import decode_tiled
 
 MAX_NOISE_LEVEL = 350  # model_index.json "max_noise_level"; the pipeline raises above it
 SCALE = 4  # VAE: 3 levels -> 2 downsamples; the latent grid is the low-resolution grid
@@ -308,8 +308,7 @@ class DiffusionUpscaler:
             # 3. Sample the clip's latents together, in tiles.
             latents = retry.run(sample, "unet")  # (T, 4, h, w)
             # 4. Decode in tiles, [-1, 1] -> [0, 1].
-            decode = vae_decoder(self.vae)
-            images = retry.run(lambda p: decode_tiled(decode, latents, tile=p.vae_tile, overlap=p.vae_overlap), "vae")
+            images = retry.run(lambda p: decode_tiled(self.vae, latents, tile=p.vae_tile, overlap=p.vae_overlap), "vae")
             images = (images.float() / 2 + 0.5).permute(0, 2, 3, 1)  # (T, 4h, 4w, 3)
             # 5. Colours from the input (low frequencies or statistics), detail from the model.
             if s.color_fix != "none":
