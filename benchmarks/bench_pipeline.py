@@ -423,7 +423,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=4, help="frames of the generated input video")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--guidance", type=float, default=None, help="CFG scale; default: the library's (6.0); <= 1 disables CFG")
-    p.add_argument("--motion-guidance", type=float, default=None, help="default: the library's (0.5); 0 disables the hook and the flow")
+    p.add_argument("--motion-guidance", type=float, default=None, help="default: the library's (SampleConfig); 0 disables the hook and the flow")
     p.add_argument("--tile", type=int, default=None, help="UNet tile in latent px; default auto (the memory plan), 0 = untiled")
     p.add_argument("--clip-len", type=int, default=None, help="default: the library's (8)")
     p.add_argument("--compile", action="store_true", help="the library's --compile: torch.compile the UNet and the VAE decoder (warm-up runs compile)")

@@ -221,7 +221,7 @@ BatchOpt = Annotated[Optional[int], typer.Option(help="Tiles per UNet call (defa
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet and the VAE decoder: the first clip waits while it compiles (minutes); needs a C++ compiler on the CPU.", rich_help_panel=MODEL)]
 ColorOpt = Annotated[str, typer.Option(help=f"Match colours to the input: {', '.join(COLOR_FIXES)}.", rich_help_panel=TEMPORAL)]
 FlowOpt = Annotated[str, typer.Option(help="Optical flow: dis (OpenCV) or raft (needs torchvision).", rich_help_panel=TEMPORAL)]
-MotionOpt = Annotated[float, typer.Option(help="Motion guidance strength 0..1: the fraction of frame-to-frame flicker each guided step removes; 0 disables.", rich_help_panel=TEMPORAL)]
+MotionOpt = Annotated[float, typer.Option(help="Motion guidance strength 0..1: the fraction of frame-to-frame flicker removed per tenth of the schedule (per step at --steps 10) between frames that see both neighbours; 0 disables; the default halves the warping error.", rich_help_panel=TEMPORAL)]
 WindowOpt = Annotated[str, typer.Option(help="Steps where motion guidance acts, as fractions of the schedule START:END.", rich_help_panel=TEMPORAL)]
 PropOpt = Annotated[str, typer.Option(help="Loop indices where latents are propagated along the flow, e.g. 24,26,28 (none by default).", rich_help_panel=TEMPORAL)]
 ClipLenOpt = Annotated[int, typer.Option(help="Frames sampled together.", rich_help_panel=TEMPORAL)]

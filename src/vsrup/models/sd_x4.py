@@ -38,7 +38,7 @@ from vsrup.memory import OomRetry, free_memory, plan_memory
 from vsrup.models import hub
 from vsrup.sampling.loop import StepHook, TextEmbeddings, UNetDenoiser, sample_clip
 from vsrup.sampling.schedulers import SCHEDULERS, build_scheduler
-from vsrup.sampling.temporal import temporal_hook
+from vsrup.sampling.temporal import edited_steps, temporal_hook
 from vsrup.sampling.tiles import tiled
 from vsrup.sampling.vae_decode import decode_tiled
 
@@ -299,7 +299,7 @@ class DiffusionUpscaler:
             if self.device.type == "cpu" and self.job is not None and not self.warned:
                 denoiser = FirstCallTimer(denoiser, self.warn_slow)  # the CPU warning, from a real step
             return sample_clip(
-                denoiser, build_scheduler(s.scheduler, self.scheduler_config),
+                denoiser, build_scheduler(s.scheduler, self.scheduler_config, edited_steps(s) if hook is not None else ()),
                 self.low_res_scheduler, low_res, self.text, generators, steps=s.steps, guidance=s.guidance,
                 noise_level=s.noise_level, latent_channels=self.unet.config.out_channels, hook=hook,
             )  # (T, 4, h, w)
