@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_sd import one_torch_thread  # noqa: F401  (fixture)
 from torch import nn
 
 from vsrup.sampling.tiles import tiled
 from vsrup.sampling.vae_decode import cores, decode_tiled, moments, norm_affine, normalise
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small convolutions: OpenMP threads only contend
 
 SCALING = 0.08333  # the x4 upscaler's vae.config.scaling_factor
 
@@ -57,10 +60,11 @@ def test_one_covering_tile_and_tile_zero_are_exactly_the_full_decode(vae, latent
     assert torch.equal(decode_tiled(vae, latents, tile=0, overlap=16), full)
 
 
-@pytest.mark.parametrize("levels", [3, 4])
-def test_without_attention_tiles_are_the_untiled_decode(levels):
-    """Shared statistics and halos leave nothing but float rounding, factor 4 or 8, uneven cores, per frame."""
-    vae = make_vae(levels, attention=False)
+@pytest.mark.parametrize("levels, layout", [(3, torch.contiguous_format), (4, torch.contiguous_format), (3, torch.channels_last)])
+def test_without_attention_tiles_are_the_untiled_decode(levels, layout):
+    """Shared statistics and halos leave nothing but float rounding: factor 4 or 8, uneven cores, per frame,
+    and with the channels-last weights the pipeline loads (sd_x4.to_device)."""
+    vae = make_vae(levels, attention=False).to(memory_format=layout)
     z = random_latents(2, 23, 37) * torch.tensor([1.0, 3.0])[:, None, None, None]  # (2, 4, 23, 37): frames of different scale
     full = full_decode(vae, z)  # (2, 3, f 23, f 37)
     factor = 2 ** (levels - 1)

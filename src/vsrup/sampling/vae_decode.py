@@ -21,17 +21,18 @@ How. The decoder runs pass by pass over the frame, a pass being the work between
     nearest x2 -> conv                     Upsample2D
     GN -> SiLU -> conv_out                 the pixels out
 
-A pass runs on disjoint cores that partition the frame (``tile`` latent px a side, twice that per
-upsampling so far), each cut with a halo of its conv's reach, so every core of the output is the
-untiled computation; the core is written into the frame-sized output, and each channel's S1 and S2
-over it are added up (float64). The cores partition the frame, so the sums are the frame's, and the
-next pass normalises every tile with the frame's mu_g, var_g. What remains different from the untiled
-decode is the attention alone, which each latent tile computes within itself (docs/tiling.md).
+A pass runs on disjoint cores that partition the frame (a quarter tile of latent rows by a tile of
+columns, twice that per upsampling so far), each cut with a halo of its conv's reach, so every core
+of the output is the untiled computation; the core is written into the output, and each channel's S1
+and S2 over it are added up (float64). The cores partition the frame, so the sums are the frame's, and
+the next pass normalises every core with the frame's mu_g, var_g. What remains different from the
+untiled decode is the attention alone, which runs in overlapping latent windows (docs/tiling.md).
 
-Where the states live. A pass reads frame-sized inputs and writes a frame-sized output, kept on the
-VAE's device: moving them to the host and back at every pass would cost more than the decode's
-compute on a GPU. Frames are decoded one at a time, so the states are one frame's (docs/tiling.md
-gives the bytes).
+Where the states live. Between passes a frame's activations stay on the VAE's device (moving them to
+the host and back at every pass would cost more than the decode's compute on a GPU), as row strips: a
+pass frees each input strip as soon as the cores below no longer read it, so it holds its input and
+its output at once for a few strips only. Frames are decoded one at a time (docs/tiling.md gives the
+bytes).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vsrup.sampling.tiles import tiled
+
+
+Strips = list[Tensor]  # a frame-sized state as row strips (1, C, rows_r, W), top to bottom
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,10 @@ def decode_frame(vae, z: Tensor, tile: int, overlap: int) -> Tensor:
     d = vae.decoder
     if vae.post_quant_conv is not None:
         z = vae.post_quant_conv(z)  # (1, C_z, h, w) 1x1: pointwise
-    x, m = run_pass(d.conv_in, (z,), tile, reach(d.conv_in))  # (1, C, h, w)
+    # Strips a quarter of a tile high, which every later state keeps (x2 per upsampling): a pass then holds
+    # its input and output at once for about a quarter tile's rows only, for ~3% more conv work at tile 128.
+    rows = [z[:, :, a:b] for a, b in cores(z.shape[2], max(1, tile // 4))]
+    (x,), m = run_pass(lambda t: (d.conv_in(t),), (rows,), tile, reach(d.conv_in))
     x, m = resnet_passes(d.mid_block.resnets[0], x, m, tile)
     for attn, resnet in zip(d.mid_block.attentions, d.mid_block.resnets[1:]):
         if attn is not None:
@@ -94,29 +101,30 @@ def decode_frame(vae, z: Tensor, tile: int, overlap: int) -> Tensor:
         for resnet in block.resnets:
             x, m = resnet_passes(resnet, x, m, tile)
         for upsampler in block.upsamplers or ():
-            x, m = run_pass(upsampler, (x,), tile, reach(upsampler.conv), scale=2)  # (1, C, 2H, 2W)
+            (x,), m = run_pass(lambda t: (upsampler(t),), (x,), tile, reach(upsampler.conv), scale=2, consumed=1)
             tile *= 2  # cores keep covering the same latent px
     out_norm = norm_affine(d.conv_norm_out, m)
-    pixels, _ = run_pass(lambda t: d.conv_out(d.conv_act(normalise(t, out_norm))), (x,), tile, reach(d.conv_out))
-    return pixels  # (1, C_out, f h, f w)
+    (pixels,), _ = run_pass(lambda t: (d.conv_out(d.conv_act(normalise(t, out_norm))),), (x,), tile, reach(d.conv_out), consumed=1)
+    return torch.cat(pixels, dim=2)  # (1, C_out, f h, f w)
 
 
-def resnet_passes(resnet, x: Tensor, m: Moments, tile: int) -> tuple[Tensor, Moments]:
-    """A ResnetBlock2D without time embedding, as its two passes: out = (shortcut(x) + F2(F1(x))) / s."""
+def resnet_passes(resnet, x: Strips, m: Moments, tile: int) -> tuple[Strips, Moments]:
+    """A ResnetBlock2D without time embedding, as two passes: out = (shortcut(x) + F2(F1(x))) / s. Consumes x."""
     first = norm_affine(resnet.norm1, m)
 
-    def half1(t: Tensor) -> Tensor:  # (1, C_in, th, tw) -> (1, C_out, th, tw)
-        return resnet.conv1(resnet.nonlinearity(normalise(t, first)))
+    def half1(t: Tensor) -> tuple[Tensor, Tensor]:  # (1, C_in, th, tw) -> 2 x (1, C_out, th, tw)
+        skip = t if resnet.conv_shortcut is None else resnet.conv_shortcut(t)  # 1x1: x itself is not kept
+        return resnet.conv1(resnet.nonlinearity(normalise(t, first))), skip
 
-    hidden, mh = run_pass(half1, (x,), tile, reach(resnet.conv1))  # (1, C_out, H, W)
+    (hidden, skip), mh = run_pass(half1, (x,), tile, reach(resnet.conv1), consumed=1)
     second = norm_affine(resnet.norm2, mh)
 
-    def half2(t: Tensor, skip: Tensor) -> Tensor:  # (1, C_out, th, tw), (1, C_in, th, tw) -> (1, C_out, th, tw)
-        skip = skip if resnet.conv_shortcut is None else resnet.conv_shortcut(skip)
+    def half2(t: Tensor, skip: Tensor) -> tuple[Tensor]:  # 2 x (1, C_out, th, tw) -> (1, C_out, th, tw)
         out = resnet.conv2(resnet.dropout(resnet.nonlinearity(normalise(t, second))))
-        return (skip + out) / resnet.output_scale_factor
+        return ((skip + out) / resnet.output_scale_factor,)
 
-    return run_pass(half2, (hidden, x), tile, reach(resnet.conv2))  # (1, C_out, H, W)
+    (out,), m = run_pass(half2, (hidden, skip), tile, reach(resnet.conv2), consumed=2)
+    return out, m
 
 
 # Attention (diffusers' Attention in the decoder's mid block: one group-normed token per latent pixel,
@@ -125,7 +133,7 @@ def resnet_passes(resnet, x: Tensor, m: Moments, tile: int) -> tuple[Tensor, Mom
 #   out = (x|_W + softmax(Q K^T / sqrt(d)) V Wo) / rescale_output_factor
 # Windows are the tile plan's overlapping tiles and their outputs are blended (tiles.py), so a window
 # covering the frame is the untiled attention.
-def attention_pass(attn, x: Tensor, m: Moments, tile: int, overlap: int) -> tuple[Tensor, Moments]:
+def attention_pass(attn, x: Strips, m: Moments, tile: int, overlap: int) -> tuple[Strips, Moments]:
     norm = norm_affine(attn.group_norm, m)
 
     def window(t: Tensor, rows: Tensor) -> Tensor:  # (1, C, th, tw) -> (1, C, th, tw)
@@ -136,32 +144,59 @@ def attention_pass(attn, x: Tensor, m: Moments, tile: int, overlap: int) -> tupl
         out = attn.to_out[1](attn.to_out[0](mixed)).transpose(1, 2).reshape(b, c, th, tw)  # (1, C, th, tw)
         return (out + t) / attn.rescale_output_factor
 
-    out = tiled(window, x, tile=tile, overlap=min(overlap, tile - 1), batch=1)  # (1, C, H, W)
-    return out, moments(out)
+    out = tiled(window, torch.cat(x, dim=2), tile=tile, overlap=min(overlap, tile - 1), batch=1)  # (1, C, h, w) latent: small
+    return list(out.split([strip.shape[2] for strip in x], dim=2)), moments(out)
 
 
-def run_pass(fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], tile: int, halo: int, scale: int = 1) -> tuple[Tensor, Moments]:
-    """``fn`` over frame-sized ``inputs`` (1, C_i, H, W) core by core -> its frame-sized output and Moments.
+def run_pass(fn: Callable[..., tuple[Tensor, ...]], inputs: tuple[Strips, ...], tile: int, halo: int, scale: int = 1, consumed: int = 0) -> tuple[tuple[Strips, ...], Moments]:
+    """``fn`` over frame-sized ``inputs`` core by core -> its outputs, as strips, and the first output's Moments.
 
-    Each core is cut from every input with ``halo`` px of context (fewer at the frame's edge, where the
-    convs' own zero padding is the untiled one's), and fn's output is cropped back to the core:
-    (1, C', s th, s tw) for an input (1, C_i, th, tw), s = ``scale``.
+    Each core (a strip's rows, ``tile`` columns) is cut from every input with ``halo`` px of context
+    (fewer at the frame's edge, where the convs' own zero padding is the untiled one's), and fn's
+    outputs are cropped back to the core: (1, C', s th, s tw) for inputs (1, C_i, th, tw), s = ``scale``.
+    The first ``consumed`` inputs are emptied strip by strip once no later core reads them.
     """
-    height, width = inputs[0].shape[2:]
-    out = total = squares = None
-    for y0, y1 in cores(height, tile):
+    width = inputs[0][0].shape[3]
+    outputs: tuple[Strips, ...] = ()
+    total = squares = 0
+    for r in range(len(inputs[0])):
+        top = halo if r > 0 else 0
+        rows = inputs[0][r].shape[2]
+        strips: list[Tensor] | None = None
         for x0, x1 in cores(width, tile):
-            a0, a1, b0, b1 = max(y0 - halo, 0), min(y1 + halo, height), max(x0 - halo, 0), min(x1 + halo, width)
-            result = fn(*(x[:, :, a0:a1, b0:b1] for x in inputs))  # (1, C', s(a1-a0), s(b1-b0))
-            core = result[:, :, scale * (y0 - a0) : scale * (y1 - a0), scale * (x0 - b0) : scale * (x1 - b0)]  # (1, C', s th, s tw)
-            if out is None:
-                layout = torch.channels_last if result.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-                out = result.new_empty((1, result.shape[1], scale * height, scale * width)).contiguous(memory_format=layout)  # (1, C', sH, sW)
-                total = squares = 0
-            out[:, :, scale * y0 : scale * y1, scale * x0 : scale * x1] = core
-            part = moments(core)
+            b0, b1 = max(x0 - halo, 0), min(x1 + halo, width)
+            results = fn(*(cut(x, r, halo, b0, b1) for x in inputs))  # each (1, C', s th', s tw')
+            ys, xs = slice(scale * top, scale * (top + rows)), slice(scale * (x0 - b0), scale * (x1 - b0))
+            if strips is None:
+                strips = [new_state(res, scale * rows, scale * width) for res in results]  # (1, C', s rows, s W) each
+            for strip, res in zip(strips, results):
+                strip[:, :, :, scale * x0 : scale * x1] = res[:, :, ys, xs]
+            part = moments(results[0][:, :, ys, xs])
             total, squares = total + part.total, squares + part.squares
-    return out, Moments(total, squares, scale * height * scale * width)
+        outputs = tuple(done + [strip] for done, strip in zip(outputs, strips)) if outputs else tuple([strip] for strip in strips)
+        for x in inputs[:consumed]:  # from here on, only strip r+1's cores read these inputs: strip r's last rows
+            if r > 0:
+                x[r - 1] = None
+            x[r] = x[r][:, :, x[r].shape[2] - halo :].clone()
+    for x in inputs[:consumed]:
+        x.clear()
+    height = sum(strip.shape[2] for strip in outputs[0])
+    return outputs, Moments(total, squares, height * scale * width)
+
+
+def cut(x: Strips, r: int, halo: int, b0: int, b1: int) -> Tensor:
+    """Columns [b0, b1) of strip r with ``halo`` rows of its neighbours above and below (where they exist)."""
+    parts = [x[r - 1][:, :, -halo:, b0:b1]] if r > 0 and halo else []
+    parts.append(x[r][:, :, :, b0:b1])
+    if r + 1 < len(x) and halo:
+        parts.append(x[r + 1][:, :, :halo, b0:b1])
+    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+
+
+def new_state(like: Tensor, height: int, width: int) -> Tensor:
+    """An empty (1, C, height, width) strip in ``like``'s dtype, device and memory format."""
+    layout = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return like.new_empty((1, like.shape[1], height, width)).contiguous(memory_format=layout)
 
 
 def cores(n: int, tile: int) -> list[tuple[int, int]]:
