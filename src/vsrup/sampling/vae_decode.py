@@ -64,13 +64,14 @@ def decode_tiled(vae, latents: Tensor, *, tile: int, overlap: int) -> Tensor:
 
     The latents are divided by ``vae.config.scaling_factor``, as StableDiffusionUpscalePipeline does;
     f is the VAE's factor, 2^(number of upsamplings). Frames are decoded one at a time. tile == 0, or a
-    tile covering the frame: ``vae.decode`` itself, bit for bit. Otherwise cores of ``tile`` latent px,
-    attention windows of ``tile`` overlapping by ``overlap`` (see the module doc).
+    tile covering the frame: ``vae.decode`` itself, bit for bit. Otherwise pass by pass on cores of a
+    quarter ``tile`` of rows by ``tile`` columns, attention in windows of ``tile`` overlapping by ``overlap``.
     """
-    check_decoder(vae)
     z = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor  # (B, C_z, h, w)
     _, _, h, w = z.shape
     whole = tile == 0 or (h <= tile and w <= tile)
+    if not whole:
+        check_decoder(vae)
     with torch.no_grad():
         frames = [vae.decode(zi).sample if whole else decode_frame(vae, zi, tile, overlap) for zi in z.split(1)]
     return torch.cat(frames)  # (B, C_out, f h, f w)
@@ -80,7 +81,8 @@ def check_decoder(vae) -> None:
     """The decoder layout this module walks: diffusers' Decoder with GroupNorms and UpDecoderBlock2D blocks."""
     d = vae.decoder
     if not isinstance(d.conv_norm_out, nn.GroupNorm) or any(hasattr(b, "attentions") for b in d.up_blocks):
-        raise ValueError(f"tiled decode needs a GroupNorm decoder with UpDecoderBlock2D blocks; got {type(vae).__name__}")
+        blocks = ", ".join(type(b).__name__ for b in d.up_blocks)
+        raise ValueError(f"tiled decode needs a GroupNorm decoder of UpDecoderBlock2D blocks; got {blocks}, {type(d.conv_norm_out).__name__}")
 
 
 def decode_frame(vae, z: Tensor, tile: int, overlap: int) -> Tensor:
@@ -151,13 +153,13 @@ def attention_pass(attn, x: Strips, m: Moments, tile: int, overlap: int) -> tupl
 def run_pass(fn: Callable[..., tuple[Tensor, ...]], inputs: tuple[Strips, ...], tile: int, halo: int, scale: int = 1, consumed: int = 0) -> tuple[tuple[Strips, ...], Moments]:
     """``fn`` over frame-sized ``inputs`` core by core -> its outputs, as strips, and the first output's Moments.
 
-    Each core (a strip's rows, ``tile`` columns) is cut from every input with ``halo`` px of context
+    Each core (one strip's rows, ``tile`` columns) is cut from every input with ``halo`` px of context
     (fewer at the frame's edge, where the convs' own zero padding is the untiled one's), and fn's
     outputs are cropped back to the core: (1, C', s th, s tw) for inputs (1, C_i, th, tw), s = ``scale``.
     The first ``consumed`` inputs are emptied strip by strip once no later core reads them.
     """
     width = inputs[0][0].shape[3]
-    outputs: tuple[Strips, ...] = ()
+    outputs: list[Strips] = []
     total = squares = 0
     for r in range(len(inputs[0])):
         top = halo if r > 0 else 0
@@ -173,15 +175,16 @@ def run_pass(fn: Callable[..., tuple[Tensor, ...]], inputs: tuple[Strips, ...], 
                 strip[:, :, :, scale * x0 : scale * x1] = res[:, :, ys, xs]
             part = moments(results[0][:, :, ys, xs])
             total, squares = total + part.total, squares + part.squares
-        outputs = tuple(done + [strip] for done, strip in zip(outputs, strips)) if outputs else tuple([strip] for strip in strips)
+        outputs = outputs or [[] for _ in strips]
+        for done, strip in zip(outputs, strips):
+            done.append(strip)
         for x in inputs[:consumed]:  # from here on, only strip r+1's cores read these inputs: strip r's last rows
             if r > 0:
                 x[r - 1] = None
             x[r] = x[r][:, :, x[r].shape[2] - halo :].clone()
     for x in inputs[:consumed]:
         x.clear()
-    height = sum(strip.shape[2] for strip in outputs[0])
-    return outputs, Moments(total, squares, height * scale * width)
+    return tuple(outputs), Moments(total, squares, sum(strip.shape[2] * strip.shape[3] for strip in outputs[0]))
 
 
 def cut(x: Strips, r: int, halo: int, b0: int, b1: int) -> Tensor:
