@@ -27,7 +27,7 @@ the functions and networks the pipeline calls:
   unet          every call of the UNet (one call per tile batch)
   controlnet    every call of the ControlNet (StableVSR)
   guidance      the step hook returned by sd_x4.temporal_hook (motion guidance / propagation)
-  vae           every vae.decode call (one per VAE tile)
+  vae           every decode_tiled call (one per window, or per neighbour estimate: every tile and pass of its frames)
   color_fix     color.color_fix
   encode        media.encode.VideoWriter.__init__ (trial mux), .write, .close
   idle          wall time minus all of the above: clip planning, tile stacking and blending, scheduler
@@ -130,7 +130,7 @@ class TimedFuture:
 
 
 class Timed:
-    """A network as the library sees it, whose calls (and ``decode``, for the VAE) are timed as one stage.
+    """A network as the library sees it, whose calls are timed as one stage (the VAE: see ``decode_tiled`` below).
 
     Attributes (config, device, dtype, submodules, ``compile``) are the network's own, so the library
     loads, places and compiles it as usual; only the calls pass through here. Input shapes are recorded
@@ -149,10 +149,6 @@ class Timed:
         with self.stages(self.name, gpu=True):
             return self.inner(x, t, encoder_hidden_states=encoder_hidden_states, **kwargs)
 
-    def decode(self, z, *args, **kwargs):
-        self.record[self.name].append(tuple(z.shape))
-        with self.stages(self.name, gpu=True):
-            return self.inner.decode(z, *args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -170,7 +166,7 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path, fam
 
     family_mod = svsr if family == "stablevsr" else sd
     orig = dict(
-        encode=loading_mod.encode_prompts, hook=sd.temporal_hook, to_device=loading_mod.to_device,
+        encode=loading_mod.encode_prompts, hook=sd.temporal_hook, to_device=loading_mod.to_device, decode_tiled=family_mod.decode_tiled,
         color_fix=color_mod.color_fix, estimate_flow=flow_mod.estimate_flow, submit=flow_mod.FlowWorker.submit,
         decode=decode_mod.decode_frames, probe=probe_mod.probe, w_init=encode_mod.VideoWriter.__init__,
         w_write=encode_mod.VideoWriter.write, w_close=encode_mod.VideoWriter.close,
@@ -194,6 +190,11 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path, fam
 
             torch.cuda.empty_cache()
         return out
+
+    def decode_tiled(vae, latents, *, tile, overlap, frame_statistics=True):
+        record["vae"].append((tuple(latents.shape), tile, overlap, frame_statistics))
+        with stages("vae", gpu=True):
+            return orig["decode_tiled"](vae, latents, tile=tile, overlap=overlap, frame_statistics=frame_statistics)
 
     def temporal_hook(*args, **kwargs):
         hook = orig["hook"](*args, **kwargs)
@@ -255,6 +256,7 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path, fam
         mock.patch.object(family_mod, "load_network", load_network),
         mock.patch.object(loading_mod, "load_network", load_network),
         mock.patch.object(family_mod, "encode_prompts", encode_prompts),
+        mock.patch.object(family_mod, "decode_tiled", decode_tiled),
         mock.patch.object(sd, "temporal_hook", temporal_hook),
         mock.patch.object(color_mod, "color_fix", color_fix),
         mock.patch.object(flow_mod, "estimate_flow", estimate_flow),
@@ -338,10 +340,17 @@ class FlopCounter:
 
         return self._count(("controlnet", x_shape, text_shape, control_shape), run)
 
-    def vae_call(self, z_shape) -> int:
+    def vae_call(self, z_shape, tile: int = 0, overlap: int = 0, frame_statistics: bool = True) -> int:
+        """FLOPs of decode_tiled on a (B, 4, h, w) latent; tile 0: the untiled vae.decode."""
         import torch
 
-        return self._count(("vae", z_shape), lambda: self.meta["vae"].decode(torch.empty(z_shape, device="meta")))
+        from vsrup.sampling.vae_decode import decode_tiled
+
+        def run():
+            z = torch.empty(z_shape, device="meta")  # (B, 4, h, w)
+            decode_tiled(self.meta["vae"], z, tile=tile, overlap=overlap, frame_statistics=frame_statistics)
+
+        return self._count(("vae", z_shape, tile, overlap, frame_statistics), run)
 
     def text_call(self) -> int:
         import torch
@@ -472,7 +481,8 @@ def sample_options(args):
 
 def flops_only(args, height: int, width: int) -> dict:
     """Counted FLOPs per frame at --size, the networks untiled and in the auto plan's tiles (128, overlap 32),
-    the VAE decode in its tiles (128, overlap 32), the text encoder; and the floor at 800 TFLOP/s.
+    the VAE decode tiled as the plan decodes it (128, overlap 32, the frame's statistics), the text encoder;
+    and the floor at 800 TFLOP/s.
 
     sd-x4: steps x (1 or 2 with CFG) UNet calls and one decode per frame. StableVSR: per step and frame one
     UNet call and, for all but the first frame a pass visits, a ControlNet call and a high-resolution decode
@@ -492,7 +502,7 @@ def flops_only(args, height: int, width: int) -> dict:
     unet_whole = counter.unet_call((1, 7, height, width), text)
     unet_tiled = n_tiles * counter.unet_call((1, 7, *side), text)
     vae_whole = counter.vae_call((1, 4, height, width))
-    vae_tiled = n_tiles * counter.vae_call((1, 4, *side))
+    vae_tiled = counter.vae_call((1, 4, height, width), tile, min(SampleConfig().tile_overlap, tile // 4)) if tile else vae_whole
     px = height * width
     result = {
         "model": args.model, "size": f"{height}x{width}", "steps": sample.steps, "tile": tile, "overlap": overlap, "tiles": n_tiles,
@@ -598,7 +608,7 @@ def main(argv=None) -> dict:
     counter = FlopCounter(args.model)
     unet_flops = sum(counter.unet_call(*call) for call in record["unet"])
     controlnet_flops = sum(counter.controlnet_call(*call) for call in record["controlnet"])
-    vae_flops = sum(counter.vae_call(z) for z in record["vae"])
+    vae_flops = sum(counter.vae_call(*call) for call in record["vae"])
     text_flops = sum(record["text_encoder"]) * counter.text_call()
     matmul, conv = matmul_tflops(device, dtype), conv_tflops(device, dtype)
     peak = max(matmul, conv)
@@ -639,7 +649,7 @@ def main(argv=None) -> dict:
         "text_encoder_flops": text_flops,
         "flops_per_frame": total_flops / frames,
         "unet_calls": Counter(f"{call[0]}" for call in record["unet"]),
-        "vae_calls": Counter(f"{z}" for z in record["vae"]),
+        "vae_calls": Counter(f"{call[0]}" for call in record["vae"]),
         "unet_mflop_per_latent_px_per_sample": unet_flops / sum(c[0][0] * c[0][2] * c[0][3] for c in record["unet"]) / 1e6 if record["unet"] else None,
         "matmul_tflops": matmul,
         "conv_tflops": conv,

@@ -1,6 +1,7 @@
-"""Temporal consistency of the output on a synthetic pan, with a tiny random x4 model (CPU, seconds).
+"""Temporal consistency of the output on a pan, with a tiny random x4 model (CPU, seconds).
 
     python benchmarks/bench_temporal.py [--json]
+    python benchmarks/bench_temporal.py --schedulers [--steps 10] [--strength 0.5] [--json]
 
 A textured picture moves one low-resolution pixel per frame (so four output pixels); the warping
 error is the mean absolute difference between each output frame and its neighbour shifted by that
@@ -8,10 +9,15 @@ known motion (interior pixels), detail the mean absolute Laplacian of the output
 
 - off: --motion-guidance 0
 - guidance on x0 (the default placement) and on x_t (the alternative argued against in
-  sampling/guidance.py), at the default strength and window
+  sampling/guidance.py), at the default strength and window (30 steps, the default)
 - propagation added at every third step
 - clips of 6 with overlap 2: consecutive-frame difference (motion compensated) across clip
   boundaries over the mean inside clips
+
+``--schedulers``: on a real panned sequence instead (a film-countdown frame with its grain,
+/work/shared/media/ffmpegpython_in1.mp4, halved to 120x160 and panned under a 32x48 window, one
+pixel per frame), every offered scheduler, --motion-guidance 0 against ``--strength``: the warping
+error and detail of the guided run over the unguided run's.
 
 Random weights say nothing about image quality; they do show what the mechanisms do to the frames.
 """
@@ -40,6 +46,7 @@ from vsrup.models import sd_x4  # noqa: E402
 from vsrup.pipeline import in_span, upscale_frames  # noqa: E402
 from vsrup.sampling.temporal import temporal_hook  # noqa: E402
 
+REAL_VIDEO = Path("/work/shared/media/ffmpegpython_in1.mp4")  # film countdown with grain (docs/temporal.md)
 SHIFT = 4  # output pixels per frame (one low-resolution pixel, x4)
 MARGIN = 8  # output pixels left out at every border
 
@@ -55,6 +62,19 @@ def pan(n: int = 12, h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     coarse = rng.random((h // 2 + 2, (w + n) // 2 + 2, 3), dtype=np.float32)
     texture = np.repeat(np.repeat(coarse, 2, axis=0), 2, axis=1)[:h, : w + n]
+    return np.stack([texture[:, n - i : n - i + w] for i in range(n)])
+
+
+def real_pan(n: int = 12, h: int = 32, w: int = 48, video: Path = REAL_VIDEO) -> np.ndarray:
+    """(n, h, w, 3): a real frame (frame 30, area-halved) moving right by one pixel per frame under a window."""
+    import av
+    import cv2
+
+    with av.open(str(video)) as container:
+        frame = next(f for i, f in enumerate(container.decode(video=0)) if i == 30).to_ndarray(format="rgb24")
+    half = cv2.resize(frame, (frame.shape[1] // 2, frame.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    y, x = (half.shape[0] - h) // 2, (half.shape[1] - w - n) // 2  # the centre: the digit, circles, grain
+    texture = half[y : y + h, x : x + w + n].astype(np.float32) / 255  # (h, w + n, 3)
     return np.stack([texture[:, n - i : n - i + w] for i in range(n)])
 
 
@@ -114,18 +134,45 @@ def measure(folder: Path) -> dict:
     }}
 
 
+def schedulers(folder: Path, steps: int, strength: float) -> dict:
+    """Per offered scheduler, on the real pan: the guided run's warping error and detail over the unguided run's."""
+    from vsrup.sampling.schedulers import SCHEDULERS
+
+    frames = real_pan()
+    rows = {}
+    for name in SCHEDULERS:
+        off = render(folder, frames, scheduler=name, steps=steps, motion_guidance=0.0)
+        on = render(folder, frames, scheduler=name, steps=steps, motion_guidance=strength)
+        rows[name] = {
+            "warping_error_off": float(differences(off).mean()), "warping_error": float(differences(on).mean()),
+            "detail_off": detail(off), "detail": detail(on),
+        }
+        rows[name]["ratio"] = rows[name]["warping_error"] / rows[name]["warping_error_off"]
+        rows[name]["detail_ratio"] = rows[name]["detail"] / rows[name]["detail_off"]
+    return {"steps": steps, "strength": strength, "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--schedulers", action="store_true", help="the per-scheduler table on the real pan")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--strength", type=float, default=sd_x4.DEFAULTS["motion_guidance"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "tiny"
         build_tiny_components(folder)
-        result = measure(folder)
+        result = schedulers(folder, args.steps, args.strength) if args.schedulers else measure(folder)
     if args.json:
         print(json.dumps(result))
+        return
+    if args.schedulers:
+        print(f"real pan, {result['steps']} steps, --motion-guidance {result['strength']} against 0")
+        for name, row in result["rows"].items():
+            print(f"  {name:9s} warping error {row['warping_error']:.4f} / {row['warping_error_off']:.4f} = {row['ratio']:.2f}x"
+                  f"  detail {row['detail_ratio']:.2f}x")
         return
     off = result["rows"]["off"]
     for name, row in result["rows"].items():

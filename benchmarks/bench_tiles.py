@@ -75,7 +75,7 @@ def run_one(size: int, tiling: bool, steps: int, device: str) -> dict:
     import torch
 
     from vsrup.sampling.tiles import plan, tiled
-    from vsrup.sampling.vae_decode import decode_tiled, vae_decoder
+    from vsrup.sampling.vae_decode import decode_tiled
 
     torch.set_num_threads(1)  # one thread: steadier timings on a shared machine (no OpenMP spin under load)
     unet, vae = tiny_models(device)
@@ -111,11 +111,10 @@ def run_one(size: int, tiling: bool, steps: int, device: str) -> dict:
                 v = predict(x, torch.zeros(1, dtype=torch.long, device=device))  # (1, 4, h, w)
             latents = latents - 0.05 * v  # (1, 4, h, w); a stand-in for the scheduler step
         unet_s, unet_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
-        decode = vae_decoder(vae)
         decoded = tiling or size <= WHOLE_VAE_MAX
         if decoded:
             tile = VAE_TILE if tiling else 0
-            decode_tiled(decode, latents * 0.01, tile=tile, overlap=VAE_OVERLAP, factor=4)  # (1, 3, 4h, 4w), timed
+            decode_tiled(vae, latents * 0.01, tile=tile, overlap=VAE_OVERLAP)  # (1, 3, 4h, 4w), timed
     if device == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base

@@ -27,7 +27,7 @@ def shared_media() -> Path:
 @pytest.fixture
 def run_vsrup(capsys):
     """``run_vsrup(*ARGS)``: ``vsrup ARGS`` through the console entry point in this process, as
-    (exit code, stderr). The signal handlers that main() installs, and the SIG_IGN it leaves after
+    (exit code, stderr); its stdout is left in ``run_vsrup.stdout``. The signal handlers that main() installs, and the SIG_IGN it leaves after
     the work, are put back afterwards, so that Ctrl-C still stops pytest."""
     from vsrup.cli import main
 
@@ -37,7 +37,9 @@ def run_vsrup(capsys):
         capsys.readouterr()
         with pytest.raises(SystemExit) as done:
             main([str(a) for a in args])
-        return done.value.code, capsys.readouterr().err
+        captured = capsys.readouterr()
+        run.stdout = captured.out  # what the command printed on stdout, for the tests that read it
+        return done.value.code, captured.err
 
     yield run
     for signum, handler in saved.items():

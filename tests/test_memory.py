@@ -48,6 +48,15 @@ def test_given_tile_and_batch_are_kept_and_overlap_fits_the_tile():
     assert (untiled.tile, untiled.batch) == (0, 4)
 
 
+def test_untiled_means_the_vae_decode_too():
+    """--tile 0 is untiled everywhere: the VAE decodes whole frames even where a tile would be chosen."""
+    plan = plan_memory(80 * GIB, 64, 200, FP32, samples=1, tile=0, overlap=32, batch=None)
+    assert (plan.tile, plan.vae_tile) == (0, 0)
+    assert "VAE decode untiled" in plan.describe()
+    tiled = plan_memory(80 * GIB, 64, 200, FP32, samples=1, tile=None, overlap=32, batch=None)
+    assert tiled.vae_tile == 128  # auto still tiles the decode above 128 latent px a side
+
+
 def test_description_is_one_line():
     text = plan_memory(80 * GIB, 270, 480, BF16, samples=2, tile=None, overlap=32, batch=None).describe()
     assert "\n" not in text and "tile 128" in text and "270x480" in text
@@ -108,19 +117,29 @@ def test_below_the_floor_raises_a_one_line_user_error():
     assert caught.value.__context__ is None  # raised outside the handler: no chained traceback
 
 
-def test_vae_stage_shrinks_the_vae_tile_only():
+def test_vae_stage_gives_up_frame_statistics_then_shrinks_the_vae_tile_only():
     retry = OomRetry(MemoryPlan((270, 480), 128, 32, 4, 128, 32))
     calls = []
 
     def decode(plan):
-        calls.append(plan.vae_tile)
+        calls.append((plan.vae_tile, plan.vae_frame_stats))
         with stage("vae"):  # the model marks its VAE calls
             if plan.vae_tile > 32:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return plan.vae_tile
 
     assert retry.run(decode) == 32
-    assert calls == [128, 64, 32] and (retry.plan.tile, retry.plan.batch) == (128, 4)
+    # The frame-sized states go first (a smaller tile would not shrink them), then the tile halves.
+    assert calls == [(128, True), (128, False), (64, False), (32, False)]
+    assert (retry.plan.tile, retry.plan.batch) == (128, 4)
+
+
+def test_frame_statistics_only_where_the_states_fit():
+    small = int((BF16.vae_state_bytes(270 * 480) + BF16.vae_bytes(128 * 128) + memory.RESERVE) / memory.SAFETY) + 1
+    assert plan_memory(small + GIB, 270, 480, BF16, samples=2, tile=None, overlap=32, batch=None).vae_frame_stats
+    starved = plan_memory(small - GIB, 270, 480, BF16, samples=2, tile=None, overlap=32, batch=None)
+    assert not starved.vae_frame_stats and "each tile's own statistics" in starved.describe()
+    assert FP32.vae_state_bytes(1000) == 2 * Cost(dtype_bytes=4, vae_dtype_bytes=2).vae_state_bytes(1000)
 
 
 def test_other_errors_are_not_swallowed():

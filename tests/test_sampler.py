@@ -109,6 +109,14 @@ def test_batched_clip_equals_diffusers_per_frame(tiny_sd_x4_cache, pipe, frames,
     assert levels(ours, shifted) > 10
 
 
+def test_untiled_wide_frame_equals_diffusers(tiny_sd_x4_cache, pipe):
+    """--tile 0 is untiled everywhere: above 128 latent px a side the VAE decode must not be tiled either."""
+    wide = np.random.default_rng(1).random((1, 8, 136, 3), dtype=np.float32)  # (1, h, w, 3), w > 128
+    ours = make_upscaler(steps=1, guidance=1.0).upscale(wide, [0])  # (1, 32, 544, 3)
+    ref = reference(pipe, wide, [0], "ddim", 1, 1.0, 20)
+    assert np.abs(ours - ref).max() < 1e-4
+
+
 def test_settings_change_the_result(tiny_sd_x4_cache, frames):
     """Each option reaches the model: the equivalence above is not blind to them."""
     base = dict(scheduler="ddim", steps=4, guidance=4.0, noise_level=20)

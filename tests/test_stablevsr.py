@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -226,18 +224,14 @@ def test_options_it_cannot_honour_are_usage_errors(option):
         choose("stablevsr").settle(UpscaleConfig(sample=SampleConfig(**option)))
 
 
-def vsrup(*args):
-    return subprocess.run([sys.executable, "-m", "vsrup", *map(str, args)], capture_output=True, text=True, timeout=600)
-
-
-def test_upscale_and_frames_run_end_to_end(tiny_stablevsr_cache, tmp_path):
+def test_upscale_and_frames_run_end_to_end(tiny_stablevsr_cache, tmp_path, run_vsrup):
     import av
     from PIL import Image
 
     src = mf.make_video(tmp_path / "in.mp4", frames=5, size=(16, 12), audio=(mf.Audio("aac"),))
     out = tmp_path / "out.mp4"
-    result = vsrup("upscale", src, out, "--model", "stablevsr", "--steps", "2", "--clip-len", "3", "--clip-overlap", "1")
-    assert result.returncode == 0, result.stderr
+    code, err = run_vsrup("upscale", src, out, "--model", "stablevsr", "--steps", "2", "--clip-len", "3", "--clip-overlap", "1")
+    assert code == 0, err
     with av.open(str(out)) as c:
         assert (c.streams.video[0].width, c.streams.video[0].height) == (64, 48)
         assert [s.type for s in c.streams] == ["video", "audio"]
@@ -246,14 +240,20 @@ def test_upscale_and_frames_run_end_to_end(tiny_stablevsr_cache, tmp_path):
     folder.mkdir()
     for i in range(3):
         Image.fromarray((np.random.default_rng(i).random((12, 16, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
-    result = vsrup("frames", folder, out_dir, "--model", "stablevsr", "--steps", "2", "-s", "2")
-    assert result.returncode == 0, result.stderr
+    code, err = run_vsrup("frames", folder, out_dir, "--model", "stablevsr", "--steps", "2", "-s", "2")
+    assert code == 0, err
     assert all(Image.open(out_dir / f"{i}.png").size == (32, 24) for i in range(3))
 
 
-def test_a_refused_option_fails_before_anything_loads(tiny_stablevsr_cache, tmp_path):
+def test_a_refused_option_fails_before_anything_loads(tiny_stablevsr_cache, tmp_path, run_vsrup, monkeypatch):
+    from vsrup.models.registry import Choice
+
+    def never(*args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Choice, "load", never)
     src = mf.make_video(tmp_path / "in.mp4", frames=2, size=(16, 12))
-    result = vsrup("upscale", src, tmp_path / "out.mp4", "--model", "stablevsr", "--guidance", "6")
-    assert result.returncode == 2
-    assert result.stderr.strip() == "vsrup: error: --guidance does not apply to --model stablevsr: it samples without classifier-free guidance"
+    code, err = run_vsrup("upscale", src, tmp_path / "out.mp4", "--model", "stablevsr", "--guidance", "6")
+    assert code == 2
+    assert err.strip() == "vsrup: error: --guidance does not apply to --model stablevsr: it samples without classifier-free guidance"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]

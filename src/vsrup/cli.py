@@ -241,7 +241,7 @@ BatchOpt = Annotated[Optional[int], typer.Option(help="Tiles per UNet call, 1..2
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the networks: the first clip waits while they compile (minutes); needs a C++ compiler on the CPU.", rich_help_panel=MODEL)]
 ColorOpt = Annotated[str, typer.Option(help=f"Match colours to the input: {', '.join(COLOR_FIXES)}.", rich_help_panel=TEMPORAL)]
 FlowOpt = Annotated[str, typer.Option(help="Optical flow: dis (OpenCV) or raft (needs torchvision).", rich_help_panel=TEMPORAL)]
-MotionOpt = Annotated[Optional[float], typer.Option(help="Motion guidance strength 0..1: the fraction of frame-to-frame flicker each guided step removes; 0 disables [sd-x4: 0.5; not for stablevsr].", rich_help_panel=TEMPORAL)]
+MotionOpt = Annotated[Optional[float], typer.Option(help="Motion guidance strength 0..1: the fraction of frame-to-frame flicker removed per tenth of the schedule (per step at --steps 10) between frames that see both neighbours; 0 disables; the default halves the warping error [sd-x4: 0.75; not for stablevsr].", rich_help_panel=TEMPORAL)]
 WindowOpt = Annotated[Optional[str], typer.Option(help="Steps where motion guidance acts, as fractions of the schedule START:END [sd-x4: 0.0:0.9].", rich_help_panel=TEMPORAL)]
 PropOpt = Annotated[Optional[str], typer.Option(help="Loop indices where latents are propagated along the flow, e.g. 24,26,28 [sd-x4: none].", rich_help_panel=TEMPORAL)]
 ClipLenOpt = Annotated[int, typer.Option(help="Frames sampled together, 1..64.", rich_help_panel=TEMPORAL)]
@@ -250,7 +250,7 @@ SceneOpt = Annotated[float, typer.Option(help="Scene-cut threshold 0..1 (how muc
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.", rich_help_panel=OUT)]
 SkipOpt = Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs alone (resume a batch).", rich_help_panel=OUT)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.", rich_help_panel=OUT)]
-JsonLogOpt = Annotated[bool, typer.Option("--log-json", help="One JSON object per line on stdout: start, progress, info, warning, done, skipped, error, summary.", rich_help_panel=OUT)]
+JsonLogOpt = Annotated[bool, typer.Option("--log-json", help="One JSON object per line on stdout: start, progress, info, warning, memory, done, skipped, error, summary.", rich_help_panel=OUT)]
 
 
 # Accepted ranges (inclusive) of the numeric options; an option left unset (None: auto, or the model's default) is not checked.

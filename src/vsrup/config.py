@@ -56,7 +56,7 @@ class SampleConfig:
 
     # Temporal consistency.
     flow: str = "dis"  # dis (OpenCV, no weights) | raft (torchvision, optional)
-    motion_guidance: float | None = None  # sd-x4: 0.5, the fraction of frame-to-frame flicker removed per guided step (0 disables)
+    motion_guidance: float | None = None  # sd-x4: 0.75, the fraction of the flicker removed per tenth of the schedule (0 disables)
     guidance_window: tuple[float, float] | None = None  # sd-x4: (0.0, 0.9), the fractions of the schedule where motion guidance acts
     propagation_steps: tuple[int, ...] | None = None  # sd-x4: (), loop indices where latents are propagated along the flow (UAV)
     clip_len: int = 8  # frames sampled together; Upscale-A-Video's temporal window

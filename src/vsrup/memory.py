@@ -1,5 +1,4 @@
-"""Memory planning (UNet tile and batch, VAE tile, from free memory), the CUDA OOM retry policy, and the
-host memory a job's frames need (``host_bytes``, checked before the long work).
+"""Memory planning (UNet tile and batch, VAE tile, from free memory) and the CUDA OOM retry policy.
 
 Each model describes its device calls with a ``Cost``; the pipeline asks ``Planner`` for the plan of
 each window shape, and runs the window under ``Planner.run``, which retries it with a smaller plan on
@@ -24,13 +23,13 @@ import gc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TypeVar
 
 import torch
 
 from vsrup.errors import VsrupError
 from vsrup.events import Emit, Event, ignore
+from vsrup.host_memory import available_host_memory
 
 SAFETY = 0.8  # fraction of free memory a plan may use: allocator fragmentation, cuDNN workspaces
 RESERVE = 512 * 2**20  # bytes kept free besides: the frame buffers, CUDA context growth
@@ -51,6 +50,7 @@ class Cost:
     """
 
     dtype_bytes: int  # bytes per element of the UNet's activations (2 for fp16/bf16)
+    vae_dtype_bytes: int = 4  # bytes per element of the VAE decoder's (fp16 jobs decode in fp32)
     rows_per_frame: int = 1  # UNet batch rows per frame and step: 2 with classifier-free guidance
     frames_together: bool = True  # a window's frames share UNet calls (else one frame per call)
     unet_fixed: int = 96 * 2**20  # fp32 bytes per UNet call whatever the tile (fit intercept ~77 MiB)
@@ -58,6 +58,8 @@ class Cost:
     vae_fixed: int = 64 * 2**20  # fp32 bytes per decode call
     vae_per_px: int = 40_000  # fp32 bytes per latent px of the decoded tile
     vae_attention: int = 8  # per (latent px)^2: fp32 scores + probabilities, single head
+    vae_state_per_px: int = 21 * 2**10  # bytes per latent px of the frame: a tiled decode's states with frame statistics
+    # (1.33 KiB per output px measured on the CPU, full-size x4 config, fp32: docs/tiling.md)
 
     def unet_bytes(self, pixels: int, batch: int) -> int:
         """Peak activation bytes of one UNet call on ``batch`` tiles of ``pixels`` latent px."""
@@ -66,6 +68,10 @@ class Cost:
     def vae_bytes(self, pixels: int) -> int:
         """Peak activation bytes of one fp32 VAE decode of a tile of ``pixels`` latent px."""
         return self.vae_fixed + pixels * self.vae_per_px + self.vae_attention * pixels**2
+
+    def vae_state_bytes(self, pixels: int) -> int:
+        """Device bytes of a tiled decode's frame-sized states (the frame's GroupNorm statistics) for ``pixels`` latent px."""
+        return pixels * self.vae_state_per_px * self.vae_dtype_bytes // 4
 
     def rows(self, t_frames: int) -> int:
         """UNet batch rows of one step of a window of ``t_frames`` frames."""
@@ -84,25 +90,22 @@ class MemoryPlan:
     batch: int  # tiles (or whole samples when tile == 0) per UNet call
     vae_tile: int  # VAE decode tile, latent px; 0 = whole frame
     vae_overlap: int
+    vae_frame_stats: bool = True  # tiles normalised with the frame's GroupNorm statistics (else each with its own)
 
     def describe(self) -> str:
         """One line for the log."""
         h, w = self.frame
         unet = f"tile {self.tile}, overlap {self.overlap}" if self.tile else "untiled"
-        vae = f"tile {self.vae_tile}, overlap {self.vae_overlap}" if self.vae_tile else "untiled"
+        stats = "frame statistics" if self.vae_frame_stats else "each tile's own statistics: the frame's states do not fit"
+        vae = f"tile {self.vae_tile}, overlap {self.vae_overlap}, {stats}" if self.vae_tile else "untiled"
         return f"UNet {unet}, {self.batch} per call; VAE decode {vae} (latent {h}x{w})"
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes the next allocations can use: CUDA free memory, else available RAM (cgroup limit included)."""
+    """Bytes the next allocations can use: CUDA free memory, else the host's available memory."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-    available = int(fields["MemAvailable"].split()[0]) * 1024
-    limit, usage = Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")
-    if limit.exists() and usage.exists() and limit.read_text().strip() != "max":
-        available = min(available, int(limit.read_text()) - int(usage.read_text()))
-    return available
+    return available_host_memory()
 
 
 def plan_memory(
@@ -133,9 +136,12 @@ def plan_memory(
         per_tile = cost.unet_bytes(area(tile), 2) - cost.unet_bytes(area(tile), 1)
         fits = (budget - cost.unet_bytes(0, 0)) // per_tile
         batch = max(1, min(fits, per_step, MAX_BATCH))
-    vae_tile = next((t for t in TILES if cost.vae_bytes(area(t)) <= budget), TILE_FLOOR)
+    vae_tile = 0 if tile == 0 else next((t for t in TILES if cost.vae_bytes(area(t)) <= budget), TILE_FLOOR)  # --tile 0: untiled everywhere
     vae_overlap = min(overlap, vae_tile // 4)  # VAE errors are spread, not at edges (docs/tiling.md): 25% suffices
-    return MemoryPlan((h, w), tile, unet_overlap, batch, vae_tile, vae_overlap)
+    # The frame's GroupNorm statistics need its decoder states on the device (vae_decode.py): when they do not fit
+    # beside a tile's activations, each tile is normalised on its own (tone steps between tiles; the plan says so).
+    frame_stats = vae_tile == 0 or cost.vae_state_bytes(h * w) + cost.vae_bytes(area(vae_tile)) <= budget
+    return MemoryPlan((h, w), tile, unet_overlap, batch, vae_tile, vae_overlap, frame_stats)
 
 
 def smaller_tile(tile: int) -> int | None:
@@ -146,7 +152,8 @@ def smaller_tile(tile: int) -> int | None:
 
 
 def shrink(plan: MemoryPlan, stage: str) -> MemoryPlan | None:
-    """The next smaller plan after an OOM in ``stage`` ("unet": batch, then tile; "vae": tile); None at the floor."""
+    """The next smaller plan after an OOM in ``stage`` ("unet": batch, then tile; "vae": tile statistics, then
+    tile); None at the floor."""
     if stage == "unet":
         if plan.batch > 1:
             return replace(plan, batch=plan.batch // 2)
@@ -154,6 +161,8 @@ def shrink(plan: MemoryPlan, stage: str) -> MemoryPlan | None:
         new = smaller_tile(tile)
         return None if new is None else replace(plan, tile=new, overlap=plan.overlap * new // tile)
     if stage == "vae":
+        if plan.vae_tile and plan.vae_frame_stats:  # the frame-sized states are most of a tiled decode's memory
+            return replace(plan, vae_frame_stats=False)
         tile = plan.vae_tile or max(plan.frame)
         new = smaller_tile(tile)
         return None if new is None else replace(plan, vae_tile=new, vae_overlap=plan.vae_overlap * new // tile)
@@ -237,70 +246,3 @@ class Planner:
             self.emit(Event("info", message=f"memory plan for {t_frames} frame(s) of {w}x{h}: {plan.describe()}"))
             self.retries[key] = OomRetry(plan, on_shrink=lambda message: self.emit(Event("warning", message=message)))
         return self.retries[key].run(fn)
-
-
-# Host memory: the frames a job holds at once, in bytes (docs/memory.md derives and measures the terms).
-COLOR_FIX_FRAMES = 6  # one frame's colour fix works in about this many frame-sized float32 buffers (measured)
-ENCODER_FRAMES = 60  # pictures an encoder holds: x264 "medium" looks 40 ahead, plus B-frames, references and frame threads
-HOST_MARGIN = 64 * 2**20  # thread stacks, codec contexts and the buffers libraries allocate once the frames flow
-
-
-class HostMemoryError(VsrupError):
-    """A job's frames cannot fit in the host's memory (exit 1), said before the long work."""
-
-
-def host_bytes(
-    *,
-    in_px: int,
-    scale: int,
-    model_scale: int,
-    window: int,
-    overlap: int,
-    queue_in: int,
-    queue_out: int,
-    picture_bytes: float,
-    colour_fix_on_host: bool,
-) -> int:
-    """Peak host bytes of a job's frames, weights and libraries not included (those are resident already).
-
-    F_in, F_nat, F_out: one float32 RGB frame at the input size, the model's native output and the asked
-    output (12 bytes per pixel); T, o: the window and its overlap; q_in, q_out: the queue depths::
-
-        decoded    (q_in + T + 1) F_in                the decode queue and the window being gathered
-        window     (T + 1) F_nat                      the window's output and one frame of scratch,
-                   (T + 6) F_nat                      or of a colour fix where the model's device is the host
-        resized    T (F_nat s / s_m + 2 F_out)        when the asked scale s differs from the model's s_m
-        blending   o F_out                            the overlap held for the cross-fade
-        encoding   (q_out + 1.5) F_out + 60 P         the encode queue, the frame in conversion, and the
-                                                      encoder's pictures (P bytes each: 1.5 per pixel for 8-bit 4:2:0)
-        margin     64 MiB
-    """
-    f_in, f_nat, f_out = 12 * in_px, 12 * in_px * model_scale**2, 12 * in_px * scale**2
-    decoded = (queue_in + window + 1) * f_in
-    held = (window + (COLOR_FIX_FRAMES if colour_fix_on_host else 1)) * f_nat
-    resized = window * (f_nat * scale / model_scale + 2 * f_out) if scale != model_scale else 0
-    blending = overlap * f_out
-    encoding = (queue_out + 1.5) * f_out + ENCODER_FRAMES * picture_bytes * in_px * scale**2
-    return int(decoded + held + resized + blending + encoding + HOST_MARGIN)
-
-
-def resident_bytes() -> int | None:
-    """This process's resident memory now (Linux; None elsewhere): what the weights and libraries hold."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_host_memory(need: int, what: str) -> int:
-    """HostMemoryError when ``need`` bytes of frames exceed the host's available memory (cgroup limits included)."""
-    available = free_memory(torch.device("cpu"))
-    if need > available:
-        raise HostMemoryError(
-            f"{what} needs about {need / 2**30:.1f} GiB of host memory for its frames, and {available / 2**30:.1f} GiB is "
-            "available; lower --clip-len or --scale, or free memory (docs/memory.md)"
-        )
-    return available

@@ -179,16 +179,16 @@ def queue_depth(pixels: int) -> int:
 
 def check_frames_fit(model: Model, config: UpscaleConfig, in_px: int, ahead: int, behind: int, picture_bytes: float, what: str, emit: Emit) -> None:
     """Refuse, in one line, a job whose frames cannot fit in host memory (memory.host_bytes), before the long work."""
-    from vsrup.memory import check_host_memory, host_bytes, resident_bytes
+    from vsrup.host_memory import check_host_memory, host_bytes, resident_bytes
 
     window, overlap = (model.info.window, 0) if model.info.window else (config.sample.clip_len, config.sample.clip_overlap)
     need = host_bytes(
         in_px=in_px, scale=config.scale, model_scale=model.info.scale, window=window, overlap=overlap,
         queue_in=ahead, queue_out=behind, picture_bytes=picture_bytes,
-        colour_fix_on_host=model.info.generative and model.device.type == "cpu" and config.sample.color_fix != "none",
+        colour_fix_on_host=model.info.generative and model.info.device == "cpu" and config.sample.color_fix != "none",
     )
     available = check_host_memory(need, what)
-    emit(Event("info", path=what, message=f"host memory for the frames: about {need / 2**30:.2f} GiB of {available / 2**30:.1f} GiB available",
+    emit(Event("memory", path=what, message=f"host memory for the frames: about {need / 2**30:.2f} GiB of {available / 2**30:.1f} GiB available",
                data={"frames_bytes": need, "available_bytes": available, "resident_bytes": resident_bytes()}))
 
 

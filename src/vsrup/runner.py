@@ -30,9 +30,11 @@ class Flows:
     """Flow of the coming windows, one estimated ahead in a background thread; closed on exit."""
 
     def __init__(self, model: Model, method: str):
-        from vsrup.flow import FlowWorker
+        self.worker = None
+        if model.info.flow:
+            from vsrup.flow import FlowWorker
 
-        self.worker = FlowWorker(method, str(model.device)) if model.info.flow else None
+            self.worker = FlowWorker(method, model.info.device)
         self.pending: dict[tuple[int, ...], Future] = {}
 
     def prefetch(self, frames: np.ndarray, indices: tuple[int, ...]) -> None:
@@ -63,11 +65,13 @@ class ModelRunner:
         self.model, self.config, self.emit = model, config, emit
         self.planner = None
         if model.info.cost is not None:
+            import torch
+
             from vsrup.memory import Planner
 
-            self.planner = Planner(model.info.cost, model.device, s.tile, s.tile_overlap, s.batch, emit)
+            self.planner = Planner(model.info.cost, torch.device(model.info.device), s.tile, s.tile_overlap, s.batch, emit)
         self.estimate = None
-        if model.info.generative and model.device.type == "cpu":
+        if model.info.generative and model.info.device == "cpu":
             self.estimate = CpuEstimate(total, s.clip_len, s.clip_overlap, emit)
 
     def run(self, window: Window, call: Callable[[Any, Callable[[float], None]], Any]) -> np.ndarray:
@@ -86,6 +90,19 @@ class ModelRunner:
         Frame by frame and in place in the model's float32 output, so the working set is one frame's
         colour fix beside the window (on a CPU job the device's memory is the host's).
         """
+        if isinstance(out, np.ndarray):  # a model without torch (lanczos): no colour fix
+            images = np.clip(out, 0.0, 1.0, out=out)  # (T, H', W', 3)
+        else:
+            images = self.fix_colours(out, window).clamp_(0, 1).cpu().numpy()  # (T, H', W', 3)
+        scale = self.config.scale
+        height, width = window.frames.shape[1] * scale, window.frames.shape[2] * scale
+        if images.shape[1:3] == (height, width):
+            return images
+        return lanczos_resize(images, height, width)  # (T, H, W, 3)
+
+
+    def fix_colours(self, out, window: Window):
+        """The colour fix of a generative model's (T, H', W', 3) tensor toward the bicubic input, in place, a frame at a time."""
         import torch
 
         from vsrup.color import bicubic_upscale, color_fix
@@ -95,12 +112,7 @@ class ModelRunner:
             for k in range(out.shape[0]):
                 lr = torch.from_numpy(window.frames[k : k + 1]).to(out.device)  # (1, h, w, 3)
                 out[k : k + 1] = color_fix(out[k : k + 1], bicubic_upscale(lr, out.shape[1], out.shape[2]), method)  # (1, H', W', 3)
-        images = out.clamp_(0, 1).cpu().numpy()  # (T, H', W', 3)
-        scale = self.config.scale
-        height, width = window.frames.shape[1] * scale, window.frames.shape[2] * scale
-        if images.shape[1:3] == (height, width):
-            return images
-        return lanczos_resize(images, height, width)  # (T, H, W, 3)
+        return out
 
 
 def ignore_progress(fraction: float) -> None:

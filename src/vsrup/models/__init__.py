@@ -7,7 +7,7 @@ module provides:
     FILES            hub.Layout | None       the files its folder must hold (None: no weights)
     PIPELINE_CLASSES tuple[str, ...]         model_index.json "_class_name"s that mark a folder as this family's
     settle(sample)   SampleConfig            its defaults filled in; a UsageError for options it refuses
-    Model(source, config, emit)              the loaded model, with ``info`` and ``device`` and either
+    Model(source, config, emit)              the loaded model, with ``info`` and either
                                              ``sample`` (a clip model) or ``step`` (a sequential one)
 
 The pipeline owns everything around the model: decoding, which frames go together (clips, scene
@@ -59,6 +59,7 @@ class ModelInfo:
     flow: bool  # the model wants ``Window.flow``
     generative: bool  # a diffusion model: its frames get the colour fix, and CPU jobs the time estimate
     cost: Cost | None  # its device calls, for the memory plan; None when it has no device work
+    device: str = "cpu"  # where its work runs, a torch device name ("cpu", "cuda:0", "mps"): flow (RAFT) and plans go there
     restart_every: int | None = None  # sequential models: the state also restarts every this many frames
     window: int | None = None  # clip models: frames sampled together; None = the job's --clip-len, 1 = frames independent
 
@@ -74,10 +75,10 @@ class Window:
 
 class ClipModel(Protocol):
     info: ModelInfo
-    device: torch.device
 
-    def sample(self, window: Window, plan: MemoryPlan, progress: Progress) -> torch.Tensor:
-        """(T, h, w, 3) frames -> (T, h * scale, w * scale, 3) float32 on any device, nominally [0, 1].
+    def sample(self, window: Window, plan: MemoryPlan | None, progress: Progress) -> torch.Tensor | np.ndarray:
+        """(T, h, w, 3) frames -> (T, h * scale, w * scale, 3) float32, nominally [0, 1]: a torch tensor on any
+        device, or a numpy array (a model without torch). ``plan`` is None for a model without a ``cost``.
 
         Not clamped and not colour-fixed: the pipeline does both, in place. ``plan`` may change between calls
         (out-of-memory retries call again with a smaller one, and must get the same frames).
@@ -87,9 +88,8 @@ class ClipModel(Protocol):
 
 class SequentialModel(Protocol):
     info: ModelInfo
-    device: torch.device
 
-    def step(self, window: Window, state: Any | None, plan: MemoryPlan, progress: Progress) -> tuple[torch.Tensor, Any]:
+    def step(self, window: Window, state: Any | None, plan: MemoryPlan | None, progress: Progress) -> tuple[torch.Tensor, Any]:
         """One frame (T = 1) and the previous frame's state (None at a restart) -> ((1, H, W, 3), state)."""
         ...
 

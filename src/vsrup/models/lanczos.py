@@ -1,12 +1,14 @@
-"""The non-neural baseline: separable Lanczos-3. A fast preview, and what diffusion is compared against."""
+"""The non-neural baseline: separable Lanczos-3. A fast preview, and what diffusion is compared against.
+
+No torch: the preview path starts without it.
+"""
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 from vsrup.config import SampleConfig, UpscaleConfig
 from vsrup.events import Emit, ignore
-from vsrup.memory import MemoryPlan
 from vsrup.models import ModelInfo, Progress, Window
 from vsrup.resize import lanczos_resize
 
@@ -21,11 +23,10 @@ def settle(sample: SampleConfig) -> SampleConfig:
 
 class Model:
     def __init__(self, source: str | None, config: UpscaleConfig, emit: Emit = ignore):
-        self.device = torch.device("cpu")
         # Native at every asked scale: the pipeline has nothing to resize. Frames are independent: windows of one.
         self.info = ModelInfo(name="lanczos", scale=config.scale, kind="clip", flow=False, generative=False, cost=None, window=1)
 
-    def sample(self, window: Window, plan: MemoryPlan | None, progress: Progress) -> torch.Tensor:
+    def sample(self, window: Window, plan: None, progress: Progress) -> np.ndarray:
         t, h, w, _ = window.frames.shape  # (T, h, w, 3)
         s = self.info.scale
-        return torch.from_numpy(lanczos_resize(window.frames, h * s, w * s))  # (T, H, W, 3)
+        return lanczos_resize(window.frames, h * s, w * s)  # (T, H, W, 3)

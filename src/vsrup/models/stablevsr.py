@@ -28,7 +28,7 @@ from vsrup.models.loading import compile_errors, compile_networks, encode_prompt
 from vsrup.sampling.noise import generators
 from vsrup.sampling.stablevsr import sample_window
 from vsrup.sampling.tiles import tiled
-from vsrup.sampling.vae_decode import decode_tiled, vae_decoder, vae_factor
+from vsrup.sampling.vae_decode import decode_tiled, vae_factor
 
 FILES = hub.Layout(
     what="StableVSR",
@@ -102,10 +102,10 @@ class Model:
             compile_networks(self.unet, self.controlnet, self.vae.decoder)
             emit(Event("info", message="--compile: the UNet, the ControlNet and the VAE decoder compile on their first calls"))
         cost = Cost(
-            dtype_bytes=torch.finfo(self.dtype).bits // 8, frames_together=False,
-            unet_per_px=Cost.unet_per_px + CONTROLNET_RESIDUAL_BYTES,
+            dtype_bytes=torch.finfo(self.dtype).bits // 8, vae_dtype_bytes=torch.finfo(vae_dtype(self.dtype)).bits // 8,
+            frames_together=False, unet_per_px=Cost.unet_per_px + CONTROLNET_RESIDUAL_BYTES,
         )
-        self.info = ModelInfo(name="stablevsr", scale=SCALE, kind="clip", flow=True, generative=True, cost=cost)
+        self.info = ModelInfo(name="stablevsr", scale=SCALE, kind="clip", flow=True, generative=True, cost=cost, device=str(self.device))
 
     def sample(self, window: Window, plan: MemoryPlan, progress: Progress) -> torch.Tensor:
         """(T, h, w, 3) float32 in [0, 1] -> (T, 4h, 4w, 3) float32, nominally [0, 1]."""
@@ -116,20 +116,17 @@ class Model:
         rgb = torch.from_numpy(np.ascontiguousarray(window.frames, dtype=np.float32)).permute(0, 3, 1, 2)  # (T, 3, h, w)
         low_res = (2.0 * rgb - 1.0).to(self.device, self.dtype)  # (T, 3, h, w)
         flow = window.flow.to(self.device) if window.flow is not None else None
-        decode = vae_decoder(self.vae)
-
-        def decode_estimate(x0: torch.Tensor) -> torch.Tensor:  # (1, 4, h, w) -> (1, 3, 4h, 4w)
+        def decode(latents: torch.Tensor) -> torch.Tensor:  # (N, 4, h, w) -> (N, 3, 4h, 4w)
             with stage("vae"):
-                return decode_tiled(decode, x0, tile=plan.vae_tile, overlap=plan.vae_overlap, factor=SCALE)
+                return decode_tiled(self.vae, latents, tile=plan.vae_tile, overlap=plan.vae_overlap, frame_statistics=plan.vae_frame_stats)
 
         with torch.no_grad(), compile_errors():
             latents = sample_window(
-                self.denoiser(plan), decode_estimate, DDPMScheduler.from_config(self.scheduler_config), low_res, flow,
+                self.denoiser(plan), decode, DDPMScheduler.from_config(self.scheduler_config), low_res, flow,
                 generators(s.seed, window.indices), steps=s.steps, factor=SCALE,
                 progress=lambda k: progress((k + 1) * per_step / work),
             )  # (T, 4, h, w)
-            with stage("vae"):
-                images = decode_tiled(decode, latents, tile=plan.vae_tile, overlap=plan.vae_overlap, factor=SCALE)  # (T, 3, 4h, 4w)
+            images = decode(latents)  # (T, 3, 4h, 4w)
             progress(1.0)
         images = images.float().mul_(0.5).add_(0.5)  # (T, 3, 4h, 4w) in place: [-1, 1] -> [0, 1]
         return images.permute(0, 2, 3, 1)  # (T, 4h, 4w, 3)

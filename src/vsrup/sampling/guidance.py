@@ -10,7 +10,8 @@ What is different from MGLD-VSR's code (reference/seeds.md §1.5-1.6):
   latent size and the final step (σ̃² clipped to 1e-20) is 6.5x the one before. Here the step is
   a fraction of the gap, with no σ, no sum over pixels and no clip length in it (see below).
 
-Strength. Each latent moves ``strength``/4 of the way toward each visible warped neighbour: a plain
+Strength (of one step; --motion-guidance is per tenth of the schedule, sampling/temporal.py converts).
+Each latent moves ``strength``/4 of the way toward each visible warped neighbour: a plain
 gradient step of size s/8 on the squared warping loss L below (holding the warped neighbours fixed).
 So s is the fraction of frame-to-frame flicker (the alternating component) one step removes between
 frames that see both neighbours: it shrinks by exactly 1 - s; a frame with one visible neighbour (a
@@ -31,9 +32,10 @@ neighbour (occluded both ways) are left exactly as they are.
 Latents x_t or predicted clean latent x̂0? vsrup guides x̂0 (the loop's prediction of the clean
 latent, as Upscale-A-Video does for propagation) and the scheduler steps with the model's noise
 estimate ε̂ unchanged (sampling/temporal.py). Measured with a tiny random x4 model on a 12-frame
-synthetic pan, default strength and window (benchmarks/bench_temporal.py, 2026-11-21):
-  * output warping error vs no guidance: x̂0 0.35x, x_t 0.27x; detail (mean |Laplacian|) 1.04x / 1.01x.
-  * the std of the latents the UNet sees, against the unguided run's 1.00 at the first steps:
+synthetic pan, 30 steps, default window (benchmarks/bench_temporal.py):
+  * output warping error vs no guidance: x̂0 0.41x, x_t 0.31x; detail (mean |Laplacian|) 1.04x / 1.01x
+    (the default 0.75 per tenth, 2026-11-22; at a per-step 0.5, 0.35x / 0.27x).
+  * the std of the latents the UNet sees, against the unguided run's 1.00 at the first steps (per-step 0.5):
     x̂0 keeps 0.996 / 0.991 / 0.971 at steps 0 / 3 / 6; x_t drops it to 0.78 / 0.58 / 0.53.
 So guiding x_t is a little more effective on random weights, but it does so by averaging the frames'
 independent noise: the UNet is fed about half the noise its timestep says, off the distribution it
