@@ -46,7 +46,7 @@ from vsrup.models import sd_x4  # noqa: E402
 from vsrup.pipeline import in_span, upscale_frames  # noqa: E402
 from vsrup.sampling.temporal import temporal_hook  # noqa: E402
 
-REAL_VIDEO = Path("/work/shared/media/ffmpegpython_in1.mp4")  # film countdown with grain (docs/temporal.md)
+REAL_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "media" / "ffmpegpython_in1.mp4"  # film countdown with grain (docs/temporal.md)
 SHIFT = 4  # output pixels per frame (one low-resolution pixel, x4)
 MARGIN = 8  # output pixels left out at every border
 

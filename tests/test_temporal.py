@@ -42,6 +42,8 @@ def test_motion_guidance_halves_the_warping_error_and_keeps_detail(measured):
 @pytest.fixture(scope="module")
 def real_pan(tiny_sd_x4_folder):
     """The real panned sequence at 10 steps: unguided and default-guided, under DDIM and UniPC."""
+    if not bench.REAL_VIDEO.exists():
+        pytest.skip(f"{bench.REAL_VIDEO} is not present (../shared/media)")
     frames = bench.real_pan()
     runs = {}
     for scheduler in ("ddim", "unipc"):
