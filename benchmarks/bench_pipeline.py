@@ -565,7 +565,12 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     with quiet():
         components = build_random_components("cpu", dtype, family=args.model)
-    injected = {name: components[name] for name in ("unet", "controlnet", "vae", "text_encoder") if name in components}
+    from vsrup.models.loading import to_device
+
+    # Placed as the library's loader places them (channels-last on the device): part of loading, not of the timed
+    # run, in which the loader's own to_device then finds them in place.
+    injected = {name: to_device(components[name], device) for name in ("unet", "controlnet", "vae") if name in components}
+    injected["text_encoder"] = components["text_encoder"]
     build_s = time.perf_counter() - started
 
     dtype_name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
