@@ -35,6 +35,19 @@ def leftovers(directory: Path) -> list[str]:
     return [p.name for p in directory.iterdir() if "partial" in p.name]
 
 
+def writing_job(tmp_path: Path, out_dir: Path) -> subprocess.Popen:
+    """A long lanczos job into ``out_dir``, in its own process, once it has started writing its output."""
+    src = mf.make_video(tmp_path / "long.mp4", frames=400, size=(160, 120), audio=(mf.Audio("aac"),))
+    out_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "vsrup", "upscale", str(src), str(out_dir / "o.mp4"), "-m", "lanczos", "-s", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not leftovers(out_dir) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert leftovers(out_dir), "the run never started writing"
+    return proc
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -132,15 +145,8 @@ def test_batch_attempts_every_input_and_reports_failures_in_json(tmp_path):
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_mid_run_exits_128_plus_signal_and_leaves_nothing(tmp_path, signum, code):
-    src = mf.make_video(tmp_path / "long.mp4", frames=400, size=(160, 120), audio=(mf.Audio("aac"),))
     out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "vsrup", "upscale", str(src), str(out_dir / "o.mp4"), "-m", "lanczos", "-s", "4"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not leftovers(out_dir) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert leftovers(out_dir), "the run never started writing"
+    proc = writing_job(tmp_path, out_dir)
     time.sleep(0.3)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
@@ -221,15 +227,8 @@ def test_under_log_json_errors_go_to_stderr_too(tmp_path):
 
 
 def test_a_storm_of_sigterms_exits_143_in_one_line_and_leaves_nothing(tmp_path):
-    src = mf.make_video(tmp_path / "long.mp4", frames=400, size=(160, 120), audio=(mf.Audio("aac"),))
     out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "vsrup", "upscale", str(src), str(out_dir / "o.mp4"), "-m", "lanczos", "-s", "4"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not leftovers(out_dir) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert leftovers(out_dir), "the run never started writing"
+    proc = writing_job(tmp_path, out_dir)
     for _ in range(300):
         try:
             proc.send_signal(signal.SIGTERM)

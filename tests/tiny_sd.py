@@ -52,35 +52,38 @@ def write_tiny_clip_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
 
 
-def build_tiny_components(folder: Path) -> dict:
-    """Tiny random components (seeded), saved as a diffusers-layout pipeline folder at ``folder``."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+TINY_UNET = dict(  # the x4 UNet's layout at toy widths
+    sample_size=32,
+    in_channels=7,  # 4 latent + 3 low-resolution RGB
+    out_channels=4,
+    block_out_channels=(16, 32, 32),
+    layers_per_block=1,
+    norm_num_groups=8,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    only_cross_attention=(True, True, False),
+    cross_attention_dim=32,
+    attention_head_dim=4,
+    use_linear_projection=True,
+)
 
-    from vsrup.models.configs import LOW_RES_SCHEDULER_CONFIG, SCHEDULER_CONFIG  # the real model's
 
-    tok_dir = folder.parent / "tokenizer-src"
-    write_tiny_clip_tokenizer_files(tok_dir)
-    tokenizer = CLIPTokenizer(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"), pad_token="!")
+def tiny_tokenizer(scratch: Path):
+    """A CLIPTokenizer over the tiny byte-level BPE, padding with "!" and 77 tokens long, as SD 2's."""
+    from transformers import CLIPTokenizer
+
+    write_tiny_clip_tokenizer_files(scratch)
+    tokenizer = CLIPTokenizer(vocab=str(scratch / "vocab.json"), merges=str(scratch / "merges.txt"), pad_token="!")
     tokenizer.model_max_length = 77
+    return tokenizer
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=7,  # 4 latent + 3 noised low-resolution RGB
-        out_channels=4,
-        block_out_channels=(16, 32, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        only_cross_attention=(True, True, False),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        use_linear_projection=True,
-        num_class_embeds=1000,  # noise level 0..350 as a class label, like the real model
-    )
+
+def tiny_vae_and_text_encoder(tokenizer) -> tuple:
+    """A factor-4 AutoencoderKL (the x4 VAE's layout) and a 2-layer CLIPTextModel, each built after manual_seed(0)."""
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     torch.manual_seed(0)
     vae = AutoencoderKL(
         in_channels=3,
@@ -108,6 +111,20 @@ def build_tiny_components(folder: Path) -> dict:
             pad_token_id=tokenizer.pad_token_id,
         )
     )
+    return vae, text_encoder
+
+
+def build_tiny_components(folder: Path) -> dict:
+    """Tiny random components (seeded), saved as a diffusers-layout pipeline folder at ``folder``."""
+    import torch
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
+
+    from vsrup.models.configs import LOW_RES_SCHEDULER_CONFIG, SCHEDULER_CONFIG  # the real model's
+
+    tokenizer = tiny_tokenizer(folder.parent / "tokenizer-src")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**TINY_UNET, num_class_embeds=1000)  # noise level 0..350 as a class label, like the real model
+    vae, text_encoder = tiny_vae_and_text_encoder(tokenizer)
     pipe = StableDiffusionUpscalePipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny_sd import point_hf_at, seed_hf_cache, write_tiny_clip_tokenizer_files
+from tiny_sd import TINY_UNET, point_hf_at, seed_hf_cache, tiny_tokenizer, tiny_vae_and_text_encoder
 
 REPO_ID = "claudiom4sir/StableVSR"
 COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
@@ -29,31 +29,13 @@ Path(__file__).with_name("{MARKER}").write_text("imported")
 def build_tiny_stablevsr(folder: Path) -> dict:
     """Tiny random StableVSR components (seeded), saved in the real repo's layout at ``folder``."""
     import torch
-    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import ControlNetModel, DDIMScheduler, UNet2DConditionModel
 
     from vsrup.models.configs import STABLEVSR_SCHEDULER_CONFIG
 
-    tok_dir = folder.parent / "stablevsr-tokenizer-src"
-    write_tiny_clip_tokenizer_files(tok_dir)
-    tokenizer = CLIPTokenizer(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"), pad_token="!")
-    tokenizer.model_max_length = 77
-
+    tokenizer = tiny_tokenizer(folder.parent / "stablevsr-tokenizer-src")
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=7,  # 4 latent + 3 clean low-resolution RGB
-        out_channels=4,
-        block_out_channels=(16, 32, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        only_cross_attention=(True, True, False),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        use_linear_projection=True,
-    )
+    unet = UNet2DConditionModel(**TINY_UNET)  # no class embedding: the low-resolution frame enters clean
     torch.manual_seed(1)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16))
     # from_unet zero-initialises the residual convolutions and the control embedding's last conv (ControlNet's
@@ -64,26 +46,7 @@ def build_tiny_stablevsr(folder: Path) -> dict:
                           (controlnet.controlnet_cond_embedding.conv_out, 3.0)]:
             conv.weight.normal_(0, std)
             conv.bias.normal_(0, 0.05)
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16, 16),  # 3 levels -> 2 downsamples -> factor-4 latent
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1,
-        norm_num_groups=8,
-        scaling_factor=0.08333,
-    )
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=77, hidden_act="gelu", bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    vae, text_encoder = tiny_vae_and_text_encoder(tokenizer)
     scheduler = DDIMScheduler.from_config(STABLEVSR_SCHEDULER_CONFIG)
     for name, part in dict(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler).items():
         part.save_pretrained(folder / name)

@@ -15,10 +15,20 @@ from pathlib import Path
 
 import torch
 
-from vsrup.device import is_half
+from vsrup.config import UpscaleConfig
+from vsrup.device import is_half, resolve_device, resolve_dtype
 from vsrup.errors import ModelError
 from vsrup.events import Emit, Event
 from vsrup.models import hub
+
+
+def placement(source: str, files: hub.Layout, config: UpscaleConfig, emit: Emit) -> tuple[torch.device, torch.dtype, Path]:
+    """(device, compute dtype, the folder holding ``files``) for a job; one ``info`` event says which."""
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    folder = hub.resolve(source, files, config.revision, is_half(dtype), emit)
+    emit(Event("info", message=f"model {config.model} from {folder}, on {device} in {str(dtype).removeprefix('torch.')}"))
+    return device, dtype, folder
 
 
 @contextmanager

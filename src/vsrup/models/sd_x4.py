@@ -17,12 +17,12 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
 from vsrup.config import SampleConfig, UpscaleConfig
-from vsrup.device import is_half, resolve_device, resolve_dtype, vae_dtype
+from vsrup.device import vae_dtype
 from vsrup.errors import ModelError, UsageError
 from vsrup.events import Emit, Event, ignore
 from vsrup.memory import Cost, MemoryPlan, stage
 from vsrup.models import ModelInfo, Progress, Window, hub
-from vsrup.models.loading import compile_errors, compile_networks, encode_prompts, load_network, loading
+from vsrup.models.loading import compile_errors, compile_networks, encode_prompts, load_network, loading, placement
 from vsrup.sampling.noise import generators
 from vsrup.sampling.schedulers import SCHEDULERS, build_scheduler
 from vsrup.sampling.sd_x4 import StepHook, TextEmbeddings, UNetDenoiser, augment, sample_clip
@@ -91,10 +91,7 @@ class Model:
 
     def __init__(self, source: str, config: UpscaleConfig, emit: Emit = ignore):
         self.settings = s = settle(config.sample)
-        self.device = resolve_device(config.device)
-        self.dtype = resolve_dtype(config.dtype, self.device)
-        folder = hub.resolve(source, FILES, config.revision, is_half(self.dtype), emit)
-        emit(Event("info", message=f"model {config.model} from {folder}, on {self.device} in {str(self.dtype).removeprefix('torch.')}"))
+        self.device, self.dtype, folder = placement(source, FILES, config, emit)
         with loading(source, folder):
             # 1. Prompts first: the text encoder never shares the device with the UNet.
             prompts = [("prompt", s.prompt)] + ([("negative prompt", s.negative_prompt or "")] if s.guidance > 1.0 else [])
