@@ -7,7 +7,7 @@ from these classes so the two never disagree, and the CLI checks each numeric va
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 SCALES = (2, 3, 4)
 AUDIO_MODES = ("copy", "aac", "none")
@@ -63,6 +63,10 @@ class SampleConfig:
     clip_overlap: int = 2  # frames shared (and cross-faded) by neighbouring clips; UAV's window stride is 6 of 8
     scene_threshold: float = 0.3  # a new shot where clips.cut_score exceeds this; 0 disables. Real clips score < 0.01; a film countdown 0.27-0.40 as its digit flips
     color_fix: str = "wavelet"  # adain|wavelet|none: low frequencies from the bicubic input, detail from the model (docs/temporal.md)
+
+    def with_defaults(self, defaults: dict) -> SampleConfig:
+        """This config with ``defaults`` (a model family's) for the options left unset (None)."""
+        return replace(self, **{name: value for name, value in defaults.items() if getattr(self, name) is None})
 
 
 @dataclass(frozen=True)

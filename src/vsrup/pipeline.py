@@ -181,7 +181,7 @@ def check_frames_fit(model: Model, config: UpscaleConfig, in_px: int, ahead: int
     """Refuse, in one line, a job whose frames cannot fit in host memory (memory.host_bytes), before the long work."""
     from vsrup.host_memory import check_host_memory, host_bytes, resident_bytes
 
-    window, overlap = (model.info.window, 0) if model.info.window else (config.sample.clip_len, config.sample.clip_overlap)
+    window, overlap = clip_shape(model, config)
     need = host_bytes(
         in_px=in_px, scale=config.scale, model_scale=model.info.scale, window=window, overlap=overlap,
         queue_in=ahead, queue_out=behind, picture_bytes=picture_bytes,
@@ -190,6 +190,13 @@ def check_frames_fit(model: Model, config: UpscaleConfig, in_px: int, ahead: int
     available = check_host_memory(need, what)
     emit(Event("memory", path=what, message=f"host memory for the frames: about {need / 2**30:.2f} GiB of {available / 2**30:.1f} GiB available",
                data={"frames_bytes": need, "available_bytes": available, "resident_bytes": resident_bytes()}))
+
+
+def clip_shape(model: Model, config: UpscaleConfig) -> tuple[int, int]:
+    """(frames per clip, overlap): the model's own window when its frames are independent, else --clip-len/--clip-overlap."""
+    if model.info.window:
+        return model.info.window, 0
+    return config.sample.clip_len, config.sample.clip_overlap
 
 
 def frame_span(config: UpscaleConfig, n_frames: int | None) -> tuple[int, int | None]:
@@ -235,7 +242,7 @@ def upscale_frames(
 def stream_clips(frames, model, runner: ModelRunner, flows: Flows, config: UpscaleConfig, wanted, stop):
     """Clip models: overlapping clips, sampled whole, cross-faded; the next clip's flow estimated ahead."""
     s = config.sample
-    clip_len, overlap = (model.info.window, 0) if model.info.window else (s.clip_len, s.clip_overlap)
+    clip_len, overlap = clip_shape(model, config)
     fade = CrossFade(overlap)
     pending: dict[int, Indexed] = {}
 
@@ -252,18 +259,18 @@ def stream_clips(frames, model, runner: ModelRunner, flows: Flows, config: Upsca
             if any(wanted(i) for i in clip.indices):
                 yield clip
 
-    clips = needed()
-    clip = next(clips, None)
-    while clip is not None:
-        following = next(clips, None)
-        if following is not None:
-            flows.prefetch(following.images(), tuple(following.indices))
+    stacked = ((clip, clip.images()) for clip in needed())  # each clip's frames (T, h, w, 3), stacked once
+    current = next(stacked, None)
+    while current is not None:
+        clip, lowres = current
+        following = next(stacked, None)
+        if following is not None:  # its flow is estimated while this clip samples
+            flows.prefetch(following[1], tuple(following[0].indices))
         pending.update((f.index, f) for f in clip.frames)
-        lowres = clip.images()  # (T, h, w, 3)
         window = Window(lowres, tuple(clip.indices), flows.get(lowres, tuple(clip.indices)))
         outputs = runner.run(window, lambda plan, progress: model.sample(window, plan, progress))  # (T, H, W, 3)
         yield from final(fade.push(clip, outputs))
-        clip = following
+        current = following
     yield from final(fade.flush())
 
 

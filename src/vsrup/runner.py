@@ -100,7 +100,6 @@ class ModelRunner:
             return images
         return lanczos_resize(images, height, width)  # (T, H, W, 3)
 
-
     def fix_colours(self, out, window: Window):
         """The colour fix of a generative model's (T, H', W', 3) tensor toward the bicubic input, in place, a frame at a time."""
         import torch

@@ -106,6 +106,11 @@ LOW_RES_SCHEDULER_CONFIG: dict[str, Any] = dict(  # low_res_scheduler/scheduler_
 )
 
 
+# FLOP per latent pixel of one VAE decode and one ControlNet call, in UNet evaluations (155 / 69.3 MFLOP, perf.md
+# §3; 27.3 / 69.9 counted on the full-size networks): how the families weigh a window's work in their progress.
+VAE_DECODE_IN_UNET_EVALS = 155.0 / 69.3
+CONTROLNET_IN_UNET_EVALS = 27.3 / 69.9
+
 STABLEVSR_UNET_CONFIG: dict[str, Any] = {**UNET_CONFIG, "num_class_embeds": None}  # the LR frame enters clean
 
 STABLEVSR_CONTROLNET_CONFIG: dict[str, Any] = dict(  # controlnet/config.json, as from_unet writes it

@@ -9,7 +9,6 @@ propagation and colour fix off, frame i equals diffusers'
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from vsrup.errors import ModelError, UsageError
 from vsrup.events import Emit, Event, ignore
 from vsrup.memory import Cost, MemoryPlan, stage
 from vsrup.models import ModelInfo, Progress, Window, hub
+from vsrup.models.configs import VAE_DECODE_IN_UNET_EVALS
 from vsrup.models.loading import compile_errors, compile_networks, encode_prompts, load_network, loading, placement
 from vsrup.sampling.noise import generators
 from vsrup.sampling.schedulers import SCHEDULERS, build_scheduler
@@ -65,7 +65,7 @@ DEFAULTS = dict(
 
 def settle(sample: SampleConfig) -> SampleConfig:
     """``sample`` with this family's defaults for what the user left unset; UsageError for values it cannot run."""
-    sample = replace(sample, **{name: value for name, value in DEFAULTS.items() if getattr(sample, name) is None})
+    sample = sample.with_defaults(DEFAULTS)
     if not 0 <= sample.noise_level <= MAX_NOISE_LEVEL:
         raise UsageError(f"--noise-level must be between 0 and {MAX_NOISE_LEVEL}, got {sample.noise_level}")
     if sample.steps < 1:
@@ -143,11 +143,6 @@ class Model:
             progress(1.0)
         images = images.float().mul_(0.5).add_(0.5)  # (T, 3, 4h, 4w) in place: [-1, 1] -> [0, 1]
         return images.permute(0, 2, 3, 1)  # (T, 4h, 4w, 3)
-
-
-# FLOP of one VAE decode per latent pixel over one UNet evaluation per latent pixel (perf.md §3: 155 / 69.3
-# MFLOP): the decode's share of a window's work in the progress it reports.
-VAE_DECODE_IN_UNET_EVALS = 155.0 / 69.3
 
 
 class TiledDenoiser:

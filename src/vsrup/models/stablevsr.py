@@ -12,7 +12,6 @@ differences from the published code are in docs/models/stablevsr.md.
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ from vsrup.errors import ModelError, UsageError
 from vsrup.events import Emit, Event, ignore
 from vsrup.memory import Cost, MemoryPlan, stage
 from vsrup.models import ModelInfo, Progress, Window, hub
+from vsrup.models.configs import CONTROLNET_IN_UNET_EVALS, VAE_DECODE_IN_UNET_EVALS
 from vsrup.models.loading import compile_errors, compile_networks, encode_prompts, load_network, loading, placement
 from vsrup.sampling.noise import generators
 from vsrup.sampling.stablevsr import sample_window
@@ -62,10 +62,6 @@ REFUSED = {  # options of other models that StableVSR has no use for, and why
     "guidance_window": "its temporal guidance is its ControlNet",
     "propagation_steps": "its temporal guidance is its ControlNet",
 }
-# FLOP per latent pixel of one ControlNet call and one VAE decode, in UNet evaluations (27.3, 69.9 and 155
-# MFLOP counted on the full-size networks): each call's share of a window's work in the progress it reports.
-CONTROLNET_IN_UNET_EVALS = 27.3 / 69.9
-VAE_DECODE_IN_UNET_EVALS = 155.0 / 69.3
 CONTROLNET_RESIDUAL_BYTES = 5_300  # fp32 bytes per latent px: the 13 residuals the UNet call holds (1312 channels at 1/1 .. 1/64 px)
 
 
@@ -74,7 +70,7 @@ def settle(sample: SampleConfig) -> SampleConfig:
     for name, why in REFUSED.items():
         if getattr(sample, name) is not None:
             raise UsageError(f"--{name.replace('_', '-')} does not apply to --model stablevsr: {why}")
-    sample = replace(sample, **{name: value for name, value in DEFAULTS.items() if getattr(sample, name) is None})
+    sample = sample.with_defaults(DEFAULTS)
     if sample.scheduler != "ddpm":
         raise UsageError(f"--model stablevsr samples with ddpm, as published; got --scheduler {sample.scheduler}")
     if sample.steps < 1:
