@@ -241,3 +241,27 @@ def test_sigterm_during_the_final_rename_either_completes_or_leaves_nothing(tmp_
     assert (proc.returncode, out.exists()) in ((0, True), (143, False)), (proc.returncode, err)
     if out.exists():
         assert frame_count(out) == 12
+
+
+def test_ignoring_late_signals_survives_a_signal_that_races_the_swap(monkeypatch):
+    """CPython refuses `signal.signal(SIGTERM, SIG_IGN)` with "ignored due to race condition" when a SIGTERM
+    arrives during the call (seen once in a storm in CI): the work is over, so that must not be a traceback."""
+    from vsrup import outputs
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    real = signal.signal
+
+    def racing(signum, handler):
+        if handler is signal.SIG_IGN:
+            raise OSError(f"Signal {signum} ignored due to race condition")
+        return real(signum, handler)
+
+    try:
+        outputs.install_signal_handlers()
+        monkeypatch.setattr(signal, "signal", racing)
+        outputs.ignore_late_signals()  # raised before
+        monkeypatch.setattr(signal, "signal", real)
+        outputs._on_signal(signal.SIGTERM, None)  # and a late SIGTERM passes through our handler quietly
+    finally:
+        for signum, handler in saved.items():
+            real(signum, handler)

@@ -259,6 +259,10 @@ def release_signals() -> None:
 def ignore_late_signals() -> None:
     """The work is over: a signal now would only interrupt Python's shutdown, or (once Python has put
     its default handlers back, which it does for every handler but SIG_IGN) kill it with the wrong code."""
+    _Signals.raised = True  # meanwhile, our handler lets SIGTERM and SIGHUP pass
     for signum in SIGNALS + (signal.SIGINT,):
         if signal.getsignal(signum) is _on_signal:
-            signal.signal(signum, signal.SIG_IGN)
+            try:
+                signal.signal(signum, signal.SIG_IGN)
+            except OSError:  # "ignored due to race condition": one arrived while swapping; ours stays, and lets it pass
+                pass
