@@ -224,7 +224,7 @@ class Reporter:
 
 
 ScaleOpt = Annotated[int, typer.Option("--scale", "-s", help="Upscaling factor: 2, 3 or 4. The output is exactly scale x input size.")]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="sd-x4 (default, stabilityai/stable-diffusion-x4-upscaler), stablevsr (claudiom4sir/StableVSR), a Hub repo id, a local diffusers folder, or lanczos (non-neural preview).", rich_help_panel=MODEL)]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="sd-x4 (default, stabilityai/stable-diffusion-x4-upscaler), stablevsr (claudiom4sir/StableVSR), stream-diffvsr (fast: Jamichsu/Stream-DiffVSR), a Hub repo id, a local diffusers folder, or lanczos (non-neural preview).", rich_help_panel=MODEL)]
 RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision to pin (branch, tag or commit).", rich_help_panel=MODEL)]
 DeviceOpt = Annotated[str, typer.Option(help="auto|cpu|cuda|cuda:N|mps.", rich_help_panel=MODEL)]
 DtypeOpt = Annotated[str, typer.Option(help="auto|fp32|fp16|bf16 (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU).", rich_help_panel=MODEL)]
@@ -448,7 +448,7 @@ def probe(
 
 @app.command(epilog=EXIT_CODES_HELP)
 def download(
-    model: Annotated[str, typer.Argument(help="Model to prefetch into the Hugging Face cache (sd-x4, stablevsr, or a repo id).")] = D.model,
+    model: Annotated[str, typer.Argument(help="Model to prefetch into the Hugging Face cache (sd-x4, stablevsr, stream-diffvsr, or a repo id).")] = D.model,
     revision: RevisionOpt = None,
 ) -> None:
     """Fetch a model's weights now, for machines that will run offline (honours HF_HOME, HF_HUB_CACHE, HF_TOKEN)."""

@@ -74,7 +74,7 @@ class UpscaleConfig:
     """One `vsrup upscale` or `vsrup frames` job."""
 
     scale: int = 4  # 2, 3 or 4; the output is exactly scale x the input size
-    model: str = "sd-x4"  # short name (sd-x4, stablevsr, lanczos), Hub repo id, or a local folder
+    model: str = "sd-x4"  # short name (sd-x4, stablevsr, stream-diffvsr, lanczos), Hub repo id, or a local folder
     revision: str | None = None  # Hub revision to pin (branch, tag or commit)
     device: str = "auto"  # auto|cpu|cuda|cuda:N|mps
     dtype: str = "auto"  # auto: bf16 on CUDA where supported, else fp16; fp32 on CPU

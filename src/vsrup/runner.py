@@ -72,7 +72,10 @@ class ModelRunner:
             self.planner = Planner(model.info.cost, torch.device(model.info.device), s.tile, s.tile_overlap, s.batch, emit)
         self.estimate = None
         if model.info.generative and model.info.device == "cpu":
-            self.estimate = CpuEstimate(total, s.clip_len, s.clip_overlap, emit)
+            if model.info.kind == "sequential":  # every frame once; the first is a restart, cheaper than the rest: not timed
+                self.estimate = CpuEstimate(total, 1, 0, emit, skip=1)
+            else:
+                self.estimate = CpuEstimate(total, s.clip_len, s.clip_overlap, emit)
 
     def run(self, window: Window, call: Callable[[Any, Callable[[float], None]], Any]) -> np.ndarray:
         """``call(plan, progress)`` -> the model's (T, H', W', 3) tensor; returns (T, H, W, 3) float32 at the asked scale."""
@@ -119,13 +122,16 @@ def ignore_progress(fraction: float) -> None:
 
 
 class CpuEstimate:
-    """The job's duration on a CPU, from the first progress report of its first window; one warning."""
+    """The job's duration on a CPU, from the first progress report of its first window (after ``skip`` windows); one warning."""
 
-    def __init__(self, total: int | None, clip_len: int, overlap: int, emit: Emit):
-        self.total, self.clip_len, self.overlap, self.emit = total, clip_len, overlap, emit
+    def __init__(self, total: int | None, clip_len: int, overlap: int, emit: Emit, skip: int = 0):
+        self.total, self.clip_len, self.overlap, self.emit, self.skip = total, clip_len, overlap, emit, skip
         self.done = False
 
     def watch(self, window: Window) -> Callable[[float], None]:
+        if self.skip:
+            self.skip -= 1
+            return ignore_progress
         started = time.perf_counter()
         t_frames, height, width, _ = window.frames.shape
 

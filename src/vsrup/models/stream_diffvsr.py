@@ -33,7 +33,7 @@ from vsrup.models.stablevsr import CONTROLNET_RESIDUAL_BYTES, SCALE, check_netwo
 from vsrup.models.temporal_tiny import TemporalAutoencoderTiny
 from vsrup.sampling.noise import generators
 from vsrup.sampling.stream import sample_frame
-from vsrup.sampling.tiny_decode import decode, previous_features
+from vsrup.sampling.tiny_decode import HALO, decode, previous_features
 
 FILES = hub.Layout(
     what="Stream-DiffVSR",
@@ -56,10 +56,11 @@ FILES = hub.Layout(
 PIPELINE_CLASSES = ("StreamDiffVSRPipeline",)  # model_index.json "_class_name" (nextmodels.md §2.2)
 
 DEFAULTS = dict(steps=4, scheduler="ddim")  # inference.py: 4 steps of the repo's DDIMScheduler, eta 0
-# The tiny decoder's activations, fp32 bytes per latent px of a tile (16 output px, 64 channels, a few live at the
-# full-resolution level) and per call; its halo (sampling/tiny_decode.HALO) is in the constant. Measured:
-# benchmarks/bench_memory.py --model stream-diffvsr. The whole frame is tried first: tiles only cost time here.
-TINY_VAE_PER_PX = 24_000
+# The tiny encoder's and decoder's activations, fp32 bytes per latent px they compute (16 output px of 64 channels,
+# about 5 live at the full-resolution level; tiles compute their halo too): 22-31 KB measured whole-frame and tiled
+# by benchmarks/bench_tiny_vae.py (docs/benchmarks.md); the constant bounds them. The whole frame is tried first:
+# the tiled decode is exact but recomputes (docs/models/stream-diffvsr.md), so tiles only cost time.
+TINY_VAE_PER_PX = 32_000
 TINY_VAE_FIXED = 16 * 2**20
 TINY_VAE_TILES = (0, 256, 128, 64, 32)
 TINY_VAE_IN_UNET_EVALS = 0.12  # 530 kFLOP per output px (8.5 MFLOP per latent px) against the UNet's 69.9 MFLOP
@@ -112,6 +113,7 @@ class Model:
             dtype_bytes=torch.finfo(self.dtype).bits // 8, vae_dtype_bytes=torch.finfo(self.vae_dtype).bits // 8,
             frames_together=False, unet_per_px=Cost.unet_per_px + CONTROLNET_RESIDUAL_BYTES,
             vae_fixed=TINY_VAE_FIXED, vae_per_px=TINY_VAE_PER_PX, vae_attention=0, vae_state_per_px=0, vae_tiles=TINY_VAE_TILES,
+            vae_halo=HALO,
         )
         self.info = ModelInfo(name="stream-diffvsr", scale=SCALE, kind="sequential", flow=True, generative=True, cost=cost,
                               device=str(self.device))
