@@ -276,6 +276,13 @@ def test_loads_from_the_hub_cache_without_running_the_repos_code(tiny_stream_cac
     assert model.settings.steps == 4 and model.settings.scheduler == "ddim"
     assert isinstance(model.vae, TemporalAutoencoderTiny) and model.unet.class_embedding is None
     assert not list(tiny_stream_cache.rglob(MARKER))  # the repo's code files were never imported
+    # `vsrup download stream-diffvsr` offline finds the same snapshot, with the tiny VAE and the ControlNet in its list.
+    from vsrup.models import hub
+    from vsrup.models.registry import repo_for
+
+    repo, family = repo_for("stream-diffvsr")
+    assert repo == REPO_ID and {"vae", "controlnet"} <= set(family.module.FILES.weights)
+    assert (hub.download(repo, family.module.FILES) / "vae" / "diffusion_pytorch_model.safetensors").exists()
 
 
 def test_a_local_folder_is_recognised_by_its_pipeline_class(tiny_stream_folder):
