@@ -22,6 +22,7 @@ from tiny_stablevsr import MARKER
 from tiny_stream import REPO_ID, tiny_stream_cache, tiny_stream_folder, tiny_tae  # noqa: F401  (fixtures)
 
 import media_factory as mf
+from vsrup.clips import last_restart
 from vsrup.config import SampleConfig, UpscaleConfig
 from vsrup.errors import UsageError
 from vsrup.flow import Flow
@@ -255,17 +256,22 @@ def test_partial_runs_from_a_restart_point_give_the_whole_runs_frames(model):
     items = sequence(8, cuts=(4,), h=H, w=W)  # a new shot at frame 4: a restart point
     config = UpscaleConfig(model="stream-diffvsr", device="cpu", sample=SampleConfig(steps=2))
 
+    events = []
+
     def run(first, stop):
-        return [(f.index, image) for f, image in upscale_frames(items, model, config, in_span(first, stop), stop)]
+        said = lambda e: "carries its state" in e.message and events.append(e.message)  # noqa: E731
+        start_at = last_restart(items, first, None, config.sample.scene_threshold)  # as upscale_video finds it
+        return [(f.index, image) for f, image in upscale_frames(items, model, config, in_span(first, stop), stop, start_at=start_at, emit=said)]
 
     whole = run(0, None)
-    assert [i for i, _ in whole] == list(range(8))
+    assert [i for i, _ in whole] == list(range(8)) and not events
     for parts in (run(0, 4) + run(4, None), run(0, 6) + run(6, None)):  # 6 is inside the shot: it runs from 4
         assert [i for i, _ in parts] == list(range(8))
         assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(whole, parts))
     # The state does cross frames within a shot: frame 5 after frame 4 differs from frame 5 as a restart.
-    restarted = run(5, None)  # from frame 5 the model must start at 4: same frames again
+    restarted = run(5, None)  # from frame 5 the model must start at 4: same frames again, and it says so
     assert np.array_equal(restarted[0][1], whole[5][1])
+    assert [m.split(":")[0] for m in events] == ["stream-diffvsr carries its state from frame 4, where the shot starts"] * 2
 
 
 def test_loads_from_the_hub_cache_without_running_the_repos_code(tiny_stream_cache):
@@ -306,3 +312,36 @@ def test_upscale_runs_end_to_end(tiny_stream_cache, tmp_path, run_vsrup):
         assert (c.streams.video[0].width, c.streams.video[0].height) == (64, 48)
         assert [s.type for s in c.streams] == ["video", "audio"]
         assert sum(1 for _ in c.decode(video=0)) == 5
+
+
+def test_a_partial_run_of_a_video_starts_at_the_last_cut_before_it(tiny_stream_cache, tmp_path, run_vsrup, monkeypatch):
+    """`--frames A:` on a video runs the model from the last restart point at or before A (found by a pre-scan of the
+    input), not from the first frame, and gives the whole run's frames (lossless RGB output to compare)."""
+    import av
+
+    from vsrup.models import stream_diffvsr
+
+    src = mf.make_video(tmp_path / "in.mp4", frames=12, size=(16, 12))  # its blue channel wraps at frame 7: a cut
+    stepped = []
+    original = stream_diffvsr.Model.step
+    monkeypatch.setattr(stream_diffvsr.Model, "step", lambda self, window, *rest: (stepped.append(window.indices[0]), original(self, window, *rest))[1])
+    lossless = ["--model", "stream-diffvsr", "--steps", "2", "--codec", "libx264rgb", "--crf", "0", "--pix-fmt", "rgb24"]
+
+    def frames(path):
+        with av.open(str(path)) as c:
+            return [(round(f.time, 4), f.to_ndarray(format="rgb24")) for f in c.decode(c.streams.video[0])]
+
+    runs = {}
+    for name, span in (("whole", []), ("late", ["--frames", "9:"]), ("early", ["--frames", "4:8"])):
+        stepped.clear()
+        code, err = run_vsrup("upscale", src, tmp_path / f"{name}.mkv", *lossless, *span)
+        assert code == 0, err
+        runs[name] = (frames(tmp_path / f"{name}.mkv"), list(stepped))
+    whole = runs["whole"][0]
+    assert runs["whole"][1] == list(range(12))
+    assert runs["late"][1] == [7, 8, 9, 10, 11]  # from the cut at 7, not from 0
+    assert runs["early"][1] == [0, 1, 2, 3, 4, 5, 6, 7]  # the shot of frame 4 starts at 0; nothing after 8
+    for name, keep in (("late", slice(9, 12)), ("early", slice(4, 8))):
+        part = runs[name][0]
+        assert [t for t, _ in part] == [t for t, _ in whole[keep]]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(part, whole[keep]))

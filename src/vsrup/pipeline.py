@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vsrup.clips import CrossFade, Indexed, plan, restarts
+from vsrup.clips import CrossFade, Indexed, last_restart, plan, restarts
 from vsrup.config import UpscaleConfig
 from vsrup.errors import EXIT_RUNTIME, InputDataError, Interrupted, OutputError, UsageError, VsrupError
 from vsrup.events import Emit, Event, ignore
@@ -160,9 +161,14 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
             in_px = info.video.width * info.video.height
             ahead, behind = queue_depth(in_px), queue_depth(width * height)
             check_frames_fit(upscaler, config, in_px, ahead, behind, writer.picture_bytes, str(job.source), emit)
+            start_at = 0
+            if upscaler.info.kind == "sequential" and first > 0:  # its state starts at the last restart point before `first`
+                with closing(decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial)) as scan:
+                    start_at = last_restart(scan, first, upscaler.info.restart_every, config.sample.scene_threshold)
             frames = decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit)
             with Ahead(frames, ahead, "vsrup-decode") as decoded, Behind(writer.write, behind, "vsrup-encode") as encode:
-                for frame, image in upscale_frames(decoded, upscaler, config, in_span(first, stop), stop, total=total, emit=emit):
+                for frame, image in upscale_frames(decoded, upscaler, config, in_span(first, stop), stop, total=total,
+                                                   start_at=start_at, emit=emit):
                     encode.submit(image, frame.pts)
                     written += 1
                     emit(Event("progress", path=path, done=written, total=total))
@@ -223,18 +229,21 @@ def upscale_frames(
     stop: int | None = None,
     *,
     total: int | None = None,
+    start_at: int = 0,
     emit: Emit = ignore,
 ) -> Iterator[tuple[Indexed, np.ndarray]]:
     """The streaming core: yield (input frame, output image (H, W, 3) float32) for every wanted frame, in order.
 
     A clip is sampled only if it holds a wanted frame; every frame's result depends only on the
     clips that contain it, so a partial run gives the frames of a whole run exactly. ``total``
-    (frames of the job, when known) is for the CPU time estimate.
+    (frames of the job, when known) is for the CPU time estimate. ``start_at``: sequential models
+    run no frame before it (``clips.last_restart`` of the first wanted frame; 0: from the first shot
+    that may hold a wanted frame).
     """
     runner = ModelRunner(model, config, total, emit)
     with Flows(model, config.sample.flow) as flows:
         if model.info.kind == "sequential":
-            yield from stream_sequence(frames, model, runner, flows, config, wanted, stop)
+            yield from stream_sequence(frames, model, runner, flows, config, wanted, stop, start_at, emit)
         else:
             yield from stream_clips(frames, model, runner, flows, config, wanted, stop)
 
@@ -274,7 +283,8 @@ def stream_clips(frames, model, runner: ModelRunner, flows: Flows, config: Upsca
     yield from final(fade.flush())
 
 
-def stream_sequence(frames, model, runner: ModelRunner, flows: Flows, config: UpscaleConfig, wanted, stop):
+def stream_sequence(frames, model, runner: ModelRunner, flows: Flows, config: UpscaleConfig, wanted, stop, start_at: int = 0,
+                    emit: Emit = ignore):
     """Sequential models: one frame at a time, the state carried from frame to frame and reset at restart points.
 
     The model runs from a restart point only when a wanted frame may follow before the next fixed
@@ -289,7 +299,11 @@ def stream_sequence(frames, model, runner: ModelRunner, flows: Flows, config: Up
             return
         if restart:
             ahead = range(i, i + every) if every else range(i, stop if stop is not None else i + 1)
-            running, state = every is None and stop is None or any(wanted(k) for k in ahead), None
+            running = i >= start_at and (every is None and stop is None or any(wanted(k) for k in ahead))
+            state = None
+            if running and not wanted(i):
+                emit(Event("info", message=f"{model.info.name} carries its state from frame {i}, where the shot starts: "
+                                           "the frames before the first one asked for are computed, not written"))
         if running:
             pair = np.stack([previous.image, frame.image]) if state is not None else None  # (2, h, w, 3)
             flow = flows.get(pair, (previous.index, i)) if pair is not None else None
