@@ -312,3 +312,20 @@ def test_help_states_the_formulas(run_vsrup):
     for formula in ("E_t = sum_p M_t ||O_t - W(O_t+1, f_t)||^2 / sum_p M_t", "D_t = L(O_t - bicubic(I_t))",
                     "||flow(O_t, O_t+1) - flow(G_t, G_t+1)||", "sigma 1.5 (11 taps)", "else exit 65"):
         assert formula in text, formula
+
+
+def test_figures_script_draws_the_crossfade_and_skips_missing_media(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import importlib.util
+
+    from PIL import Image
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "figures" / "make_figures.py"
+    spec = importlib.util.spec_from_file_location("make_figures", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--only", "crossfade", "tiles", "--out", str(tmp_path), "--media", str(tmp_path / "nothing")])
+    printed = capsys.readouterr().out
+    assert "skip tiles:" in printed and not (tmp_path / "tiles.png").exists()
+    with Image.open(tmp_path / "crossfade.png") as image:
+        assert image.format == "PNG"

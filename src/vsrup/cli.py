@@ -464,7 +464,7 @@ def download(
 
 @app.command("eval", epilog=EXIT_CODES_HELP)
 def eval_command(
-    outputs: Annotated[list[Path], typer.Argument(metavar="OUTPUT...", readable=False, help="Upscaled video(s) of INPUT, the same size; several are measured along one flow, to compare runs or models.")],
+    outputs: Annotated[list[Path], typer.Argument(metavar="OUTPUT", readable=False, help="Upscaled video(s) of INPUT, the same size; several are measured along one flow, to compare runs or models.")],
     source: Annotated[Path, typer.Option("--input", "-i", readable=False, help="The video the outputs were made from: its flow and occlusion are the motion measured against.")],
     reference: Annotated[Optional[Path], typer.Option(readable=False, help="Ground truth at the outputs' size: adds PSNR, SSIM and tOF.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print every value as JSON (schema vsrup-eval/1, docs/eval.md) instead of a table.")] = False,
