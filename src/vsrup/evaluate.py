@@ -191,11 +191,15 @@ def scale_of(source: Video, output: Video) -> int:
     return big_w // w
 
 
-def tolerance(a: Video, b: Video) -> float:
-    """Seconds two frame times may differ by: one tick of the coarser time base, under half a frame."""
-    tol = float(max(a.tick, b.tick))
+def tolerance(a: Video, b: Video) -> Fraction:
+    """Seconds two frame times may differ by: one tick of the coarser time base, under half a frame.
+
+    A time rounded to the coarser base moves by at most half a tick, so a time counted from the first
+    frame by at most one. Exact (Fractions): a gap of exactly one tick passes.
+    """
+    tol = max(a.tick, b.tick)
     rate = a.info.video.rate or b.info.video.rate
-    return min(tol, 0.5 / float(rate)) if rate else tol
+    return min(tol, 1 / (2 * rate)) if rate else tol
 
 
 def check_counts(source: Video, others: Sequence[Video]) -> None:
@@ -213,7 +217,7 @@ def lockstep(videos: Sequence[Video], emit: Emit) -> Iterator[list]:
     or a frame's time (from its file's first frame) is not the input's (videos[0])."""
     source = videos[0]
     streams = [v.frames(emit) for v in videos]
-    starts: list[float] = []
+    starts: list[Fraction] = []
     count = 0
     while True:
         frames = [next(s, None) for s in streams]
@@ -226,14 +230,14 @@ def lockstep(videos: Sequence[Video], emit: Emit) -> Iterator[list]:
             total = count + 1 + sum(1 for _ in rest)
             raise InputDataError(f"{ended[0].path}: {count} frames but {v.path} has {total}; "
                                  "the output, input and reference must hold the same frames")
-        times = [float(f.pts * v.tick) for v, f in zip(videos, frames)]
+        times = [f.pts * v.tick for v, f in zip(videos, frames)]  # Fractions of a second
         if not starts:
             starts = times
         for v, t, t0 in zip(videos[1:], times[1:], starts[1:]):
             gap = (t - t0) - (times[0] - starts[0])
             if abs(gap) > tolerance(source, v):
-                raise InputDataError(f"{v.path}: frame {count} is at {t - t0:.4f} s from the first frame, the input's at "
-                                     f"{times[0] - starts[0]:.4f} s; {v.role} frame i must be input frame i, with its timestamp")
+                raise InputDataError(f"{v.path}: frame {count} is at {float(t - t0):.4f} s from the first frame, the input's at "
+                                     f"{float(times[0] - starts[0]):.4f} s; {v.role} frame i must be input frame i, with its timestamp")
         count += 1
         yield frames
 
