@@ -346,3 +346,18 @@ def test_figures_script_draws_the_crossfade_and_skips_missing_media(tmp_path, ca
     assert "skip tiles:" in printed and not (tmp_path / "tiles.png").exists()
     with Image.open(tmp_path / "crossfade.png") as image:
         assert image.format == "PNG"
+
+
+def test_an_output_of_upscale_frames_is_measured_with_the_same_frames(run_vsrup, videos, tmp_path):
+    part = tmp_path / "part.mkv"
+    code, err = run_vsrup("upscale", videos["input"], part, "--model", "lanczos", "--frames", "3:7", "--quiet")
+    assert code == 0, err
+    code, err = run_vsrup("eval", part, "--input", videos["input"])
+    assert code == 65 and err.count("\n") == 1 and "4 frames but" in err and "has 10" in err, err
+    doc = eval_json(run_vsrup, part, "--input", videos["input"], "--frames", "3:7")
+    assert doc["frames"] == 4 and doc["first_frame"] == 3 and doc["times"] == pytest.approx([i / 25 for i in range(3, 7)])
+    assert len(doc["outputs"][0]["pairs"]["warping_error"]) == 3
+    code, err = run_vsrup("eval", part, "--input", videos["input"], "--frames", "3:8")
+    assert code == 65 and "4 frames but" in err and "in.mp4 (--frames 3:8) has 5" in err, err
+    code, err = run_vsrup("eval", part, "--input", videos["input"], "--frames", "20:")
+    assert code == 2 and "--frames starts at 20" in err and "has 10 frames" in err, err

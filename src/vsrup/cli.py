@@ -472,6 +472,7 @@ def eval_command(
     slice_at: Annotated[Optional[str], typer.Option("--slice", help="x=N (output column N) or y=N (row N) of every frame, side by side in time: the temporal profile VSR papers show flicker with; written to --slice-out.")] = None,
     slice_out: Annotated[Optional[Path], typer.Option(help="PNG file for --slice (the reference's profile first, then each output's).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing --plot and --slice-out files.")] = False,
+    frames: Annotated[Optional[str], typer.Option(help="The outputs hold only input frames START:END (0-based, END exclusive), as `upscale --frames` writes them.")] = None,
     flow: FlowOpt = S.flow,
     scene_threshold: Annotated[float, typer.Option(help="Scene-cut threshold 0..1 (as for upscale): pairs across a cut are left out; 0 disables.")] = S.scene_threshold,
 ) -> None:
@@ -492,8 +493,8 @@ def eval_command(
     tOF            mean_p ||flow(O_t, O_t+1) - flow(G_t, G_t+1)||, output px
     Video values are means over pairs (E, F, tOF) and frames (PSNR, SSIM);
     pairs across a scene cut are left out. Frame i of every file must be input
-    frame i: the same frame count and timestamps (a constant shift allowed),
-    else exit 65.
+    frame i (START + i with --frames): the same frame count and timestamps (a
+    constant shift allowed), else exit 65.
     """
     from vsrup.outputs import atomic_output
 
@@ -509,11 +510,12 @@ def eval_command(
     from vsrup.plots import profiles, require_matplotlib, slice_image, write_png
 
     at = parse_slice(slice_at) if slice_at is not None else None
+    span = parse_span(frames, "--frames")
     if plot is not None:
         require_matplotlib()
     report = Reporter()
     with reporting(report):
-        result = evaluate(outputs, source, reference, flow=flow, scene_threshold=scene_threshold, slice_at=at, emit=report)
+        result = evaluate(outputs, source, reference, flow=flow, scene_threshold=scene_threshold, slice_at=at, frames=span, emit=report)
         document = result.to_dict()
         if plot is not None:
             with atomic_output(plot, overwrite=overwrite) as partial:

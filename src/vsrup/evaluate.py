@@ -31,7 +31,8 @@ Video values: the mean over pairs (E, F, tOF) or frames (PSNR, SSIM). A pair acr
 (clips.cut_score of the input frames above --scene-threshold) or with no counted pixel has no
 temporal value (None) and is left out of the means, as is an infinite PSNR (identical frames).
 
-Alignment: the rules of the rest of vsrup. Output frame i is input frame i, with its timestamp;
+Alignment: the rules of the rest of vsrup. Output frame i is input frame i (input frame START + i
+with --frames START:END, as `vsrup upscale --frames` writes them), with its timestamp;
 the files must hold the same number of frames (InputDataError, exit 65, otherwise) and every
 output (and reference) frame's time, counted from the file's first frame, must be the input
 frame's within one tick of the coarser time base (and under half a frame). A constant shift of
@@ -43,6 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import takewhile
 from fractions import Fraction
 from pathlib import Path
 
@@ -157,6 +159,7 @@ class Video:
     role: str
     path: Path
     info: object  # media.probe.MediaInfo
+    span: tuple[int, int | None] | None = None  # only decoded frames [first, stop) (--frames; the input only)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -166,20 +169,45 @@ class Video:
     def tick(self) -> Fraction:
         return self.info.video.time_base
 
+    @property
+    def name(self) -> str:
+        """The path, and the frames taking part when not all."""
+        if self.span is None:
+            return str(self.path)
+        first, stop = self.span
+        return f"{self.path} (--frames {first}:{'' if stop is None else stop})"
+
+    @property
+    def count(self) -> int | None:
+        """Frames taking part, when the container states how many it holds."""
+        n = self.info.video.frames
+        if not n or self.span is None:
+            return n
+        first, stop = self.span
+        return max(0, (n if stop is None else min(stop, n)) - first)
+
     def frames(self, emit: Emit) -> Iterator:
         from vsrup.media.decode import decode_frames
 
-        return decode_frames(self.info, emit=emit)
+        frames = decode_frames(self.info, emit=emit)
+        if self.span is None:
+            return frames
+        first, stop = self.span
+        return (f for f in takewhile(lambda f: stop is None or f.index < stop, frames) if f.index >= first)
 
 
-def open_video(role: str, path: Path) -> Video:
-    """Probe ``path`` and refuse a truncated file before the long work, as `vsrup upscale` does."""
+def open_video(role: str, path: Path, span: tuple[int, int | None] | None = None) -> Video:
+    """Probe ``path`` and refuse a truncated file before the long work, as `vsrup upscale` does
+    (which, given ``--frames A:B``, reads only up to B and so checks only what it reads)."""
     from vsrup.media.decode import check_length
     from vsrup.media.probe import probe
 
     info = probe(path)
-    check_length(info)
-    return Video(role, Path(path), info)
+    if span is None or span[1] is None:
+        check_length(info)
+    if span is not None and info.video.frames and span[0] >= info.video.frames:
+        raise UsageError(f"--frames starts at {span[0]} but {path} has {info.video.frames} frames")
+    return Video(role, Path(path), info, span)
 
 
 def scale_of(source: Video, output: Video) -> int:
@@ -204,11 +232,11 @@ def tolerance(a: Video, b: Video) -> Fraction:
 
 def check_counts(source: Video, others: Sequence[Video]) -> None:
     """Frame counts the containers state must agree (the rest is checked while decoding)."""
-    n = source.info.video.frames
+    n = source.count
     for other in others:
-        m = other.info.video.frames
+        m = other.count
         if n and m and n != m:
-            raise InputDataError(f"{other.path}: {m} frames but the input {source.path} has {n}; "
+            raise InputDataError(f"{other.path}: {m} frames but the input {source.name} has {n}; "
                                  f"{other.role} frame i must be input frame i")
 
 
@@ -228,7 +256,7 @@ def lockstep(videos: Sequence[Video], emit: Emit) -> Iterator[list]:
             longer = [(v, s) for v, s, f in zip(videos, streams, frames) if f is not None]
             v, rest = longer[0]
             total = count + 1 + sum(1 for _ in rest)
-            raise InputDataError(f"{ended[0].path}: {count} frames but {v.path} has {total}; "
+            raise InputDataError(f"{ended[0].name}: {count} frames but {v.name} has {total}; "
                                  "the output, input and reference must hold the same frames")
         times = [f.pts * v.tick for v, f in zip(videos, frames)]  # Fractions of a second
         if not starts:
@@ -262,6 +290,7 @@ class Run:
 class Evaluation:
     source: Path
     reference: Path | None
+    first: int  # the input's first frame taking part (--frames START)
     flow: str
     scene_threshold: float
     input_size: tuple[int, int]
@@ -286,6 +315,7 @@ class Evaluation:
             "flow": self.flow,
             "scene_threshold": self.scene_threshold,
             "frames": len(self.times),
+            "first_frame": self.first,
             "input_size": list(self.input_size),
             "output_size": list(self.output_size),
             "scale": self.scale,
@@ -330,11 +360,15 @@ def evaluate(
     flow: str = "dis",
     scene_threshold: float = 0.3,
     slice_at: tuple[str, int] | None = None,
+    frames: tuple[int, int | None] | None = None,
     emit: Emit = ignore,
 ) -> Evaluation:
-    """Measure every output of ``source`` (one flow per input pair serves them all); see the module doc."""
+    """Measure every output of ``source`` (one flow per input pair serves them all); see the module doc.
+
+    ``frames`` (START, END or None): the outputs hold only these input frames (`vsrup upscale --frames`).
+    """
     require(flow)
-    source_video = open_video("input", Path(source))
+    source_video = open_video("input", Path(source), frames)
     runs_videos = [open_video("output", Path(p)) for p in outputs]
     ref_video = open_video("reference", Path(reference)) if reference is not None else None
     size = runs_videos[0].size
@@ -347,9 +381,9 @@ def evaluate(
         raise UsageError(f"--slice {slice_at[0]}={slice_at[1]} is outside the {size[0]}x{size[1]} output")
     others = runs_videos + ([ref_video] if ref_video else [])
     check_counts(source_video, others)
-    result = Evaluation(Path(source), Path(reference) if reference else None, flow, scene_threshold, source_video.size, size, scale,
-                        [Run(Path(p)) for p in outputs])
-    total = source_video.info.video.frames
+    result = Evaluation(Path(source), Path(reference) if reference else None, frames[0] if frames else 0, flow, scene_threshold,
+                        source_video.size, size, scale, [Run(Path(p)) for p in outputs])
+    total = source_video.count
     emit(Event("start", path=str(outputs[0]), message="eval", total=total))
     prev = None  # (input frame, [output tensors], [departures], reference tensor)
     for index, frames in enumerate(lockstep([source_video, *others], emit)):
@@ -370,6 +404,8 @@ def evaluate(
             _pair(result, index - 1, prev, (lowres, outs, departures, ref), scale, flow, scene_threshold)
         prev = (lowres, outs, departures, ref)
         emit(Event("progress", path=str(outputs[0]), done=index + 1, total=total))
+    if not result.times:  # only with --frames: decoding without it fails on a video of no frame
+        raise InputDataError(f"{source}: no frames in the range {frames[0]}:{'' if frames[1] is None else frames[1]}")
     return result
 
 
