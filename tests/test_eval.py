@@ -273,6 +273,8 @@ def test_timestamps_and_sizes_must_match(run_vsrup, videos, tmp_path):
     odd = write(tmp_path / "odd.mp4", pan(10, 90, 128, step=SCALE))
     code, err = run_vsrup("eval", odd, "--input", videos["input"])
     assert code == 65 and err.count("\n") == 1 and "not a whole multiple" in err, err
+    code, err = run_vsrup("eval", videos["perfect"], "--input", videos["input"], "--reference", odd)
+    assert code == 65 and err.count("\n") == 1 and "must be the same size" in err, err
     code, err = run_vsrup("eval", tmp_path / "missing.mp4", "--input", videos["input"])
     assert code == 65 and err.count("\n") == 1 and "no such file" in err
 
@@ -303,7 +305,8 @@ def test_usage_errors(run_vsrup, videos, tmp_path, monkeypatch):
                          (("--slice", "z=3", "--slice-out", tmp_path / "s.png"), "expected x=N or y=N"),
                          (("--slice", "x=128", "--slice-out", tmp_path / "s.png"), "outside the 128x96 output"),
                          (("--scene-threshold", "nan"), "outside 0.0..1.0"),
-                         (("--flow", "farneback"), "not one of dis, raft")):
+                         (("--flow", "farneback"), "not one of dis, raft"),
+                         (("--plot", videos["perfect"], "--overwrite"), "is one of the videos measured")):
         code, err = run_vsrup("eval", *args, *extra)
         assert code == 2 and err.count("\n") == 1 and words in err, (extra, err)
     import importlib.util

@@ -503,7 +503,10 @@ def eval_command(
     choice(flow, FLOW_METHODS, "--flow")
     if (slice_at is None) != (slice_out is None):
         raise typer.BadParameter("--slice and --slice-out go together", param_hint="--slice-out" if slice_at else "--slice")
+    videos = {p.resolve() for p in (*outputs, source, *([reference] if reference else []))}
     for target, name in ((plot, "--plot"), (slice_out, "--slice-out")):
+        if target is not None and target.resolve() in videos:
+            raise typer.BadParameter(f"{target} is one of the videos measured; vsrup never modifies its input", param_hint=name)
         if target is not None and target.exists() and not overwrite:
             raise typer.BadParameter(f"{target} exists; pass --overwrite to replace it", param_hint=name)
     from vsrup.evaluate import evaluate, parse_slice
