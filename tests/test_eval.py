@@ -364,3 +364,15 @@ def test_an_output_of_upscale_frames_is_measured_with_the_same_frames(run_vsrup,
     assert code == 65 and "4 frames but" in err and "in.mp4 (--frames 3:8) has 5" in err, err
     code, err = run_vsrup("eval", part, "--input", videos["input"], "--frames", "20:")
     assert code == 2 and "--frames starts at 20" in err and "has 10 frames" in err, err
+
+
+def test_matplotlib_is_imported_only_for_plot(videos):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom vsrup.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "sys.exit('matplotlib' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, "eval", str(videos["perfect"]), "--input", str(videos["input"])],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "E_warp" in done.stdout
