@@ -376,3 +376,13 @@ def test_matplotlib_is_imported_only_for_plot(videos):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "E_warp" in done.stdout
+
+
+def test_a_row_slice_stacks_frames_top_to_bottom():
+    from vsrup.plots import GAP, slice_image
+
+    rows = [[np.full((5, 3), t / 10, np.float32) for t in range(4)], [np.zeros((5, 3), np.float32)] * 4]  # two videos, 4 frames of W = 5
+    image = slice_image(rows, "y")
+    assert image.shape == (2 * 4 + GAP, 5, 3)
+    assert [int(image[t, 0, 0]) for t in range(4)] == [0, 26, 51, 77]  # frame t is row t: round(255 t / 10)
+    assert np.all(image[4 : 4 + GAP] == 255) and np.all(image[4 + GAP :] == 0)
