@@ -498,7 +498,7 @@ def eval_command(
     """
     from vsrup.outputs import atomic_output
 
-    if scene_threshold != scene_threshold or not 0.0 <= scene_threshold <= 1.0:  # NaN fails every comparison
+    if not 0.0 <= scene_threshold <= 1.0:  # NaN fails every comparison, so it never passes
         raise typer.BadParameter(f"{scene_threshold} is outside 0.0..1.0", param_hint="--scene-threshold")
     choice(flow, FLOW_METHODS, "--flow")
     if (slice_at is None) != (slice_out is None):
