@@ -345,3 +345,13 @@ def test_a_partial_run_of_a_video_starts_at_the_last_cut_before_it(tiny_stream_c
         part = runs[name][0]
         assert [t for t, _ in part] == [t for t, _ in whole[keep]]
         assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(part, whole[keep]))
+
+
+def test_another_repo_of_the_family_is_known_by_its_model_index(tiny_stream_folder, tmp_path, monkeypatch):
+    """A repo id vsrup does not list (a variant, a fine-tune) is loaded as the family its model_index.json names."""
+    from tiny_sd import point_hf_at, seed_hf_cache
+
+    seed_hf_cache(tmp_path / "hub", tiny_stream_folder, repo_id="someone/Stream-DiffVSR-variant", commit="ab" * 20)
+    point_hf_at(monkeypatch, tmp_path)
+    assert choose("someone/Stream-DiffVSR-variant").family == "stream-diffvsr"
+    assert choose("someone/not-cached-anywhere").family == "sd-x4"  # offline and unknown: the default, as before

@@ -113,6 +113,20 @@ def check_complete(folder: Path, layout: Layout, half: bool, what: str) -> None:
                 )
 
 
+def pipeline_class(repo: str) -> str | None:
+    """The ``_class_name`` of Hub repo ``repo``'s ``model_index.json`` (plain JSON: nothing is run), from the cache
+    or fetched alone; None when neither has it (offline, unreachable, not a diffusers repo)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, "model_index.json")
+    try:
+        path = cached if isinstance(cached, str) else hf_hub_download(repo, "model_index.json")
+        named = json.loads(Path(path).read_text()).get("_class_name")
+    except Exception:  # noqa: BLE001  any failure to learn it leaves the family to the caller's default
+        return None
+    return named if isinstance(named, str) else None
+
+
 def download(repo: str, layout: Layout, revision: str | None = None, emit: Emit = ignore, *, half: bool = False) -> Path:
     """``vsrup download``: fetch ``repo`` into the cache now; returns the snapshot.
 

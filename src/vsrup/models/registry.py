@@ -3,9 +3,10 @@
 ``--model`` is a short name (below), a Hub repo id (``owner/name``) or a local folder. ``choose``
 resolves it once into a ``Choice``: the family's module (see ``models/__init__.py`` for what a family
 module provides) and where its files are. A local folder's family is read from its
-``model_index.json`` (``_class_name``, plain JSON; nothing in the folder is run); a repo id that is
-not one of the known repos, and a folder whose index names no known pipeline, are loaded as x4
-upscalers (fine-tunes in diffusers layout).
+``model_index.json`` (``_class_name``, plain JSON; nothing in the folder is run), and so is an other
+repo id's (its ``model_index.json`` alone, from the cache or the Hub): a variant of a family (say
+``Jamichsu/Stream-DiffVSR-Mix-Degradation``) loads as that family. A repo or folder whose index names
+no known pipeline, or cannot be read, is loaded as an x4 upscaler (fine-tunes in diffusers layout).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def choose(model: str) -> Choice:
         return Choice(folder_family(folder), model)
     if REPO_ID.match(model):
         known = [name for name, (_, repo) in FAMILIES.items() if repo == model]
-        return Choice(known[0] if known else DEFAULT_FAMILY, model)
+        return Choice(known[0] if known else repo_family(model), model)
     raise UsageError(
         f"unknown model {model!r}: not one of {', '.join(FAMILIES)}, a Hub repo id (owner/name) or an existing folder"
     )
@@ -72,6 +73,19 @@ def folder_family(folder: Path) -> str:
         named = json.loads((folder / "model_index.json").read_text()).get("_class_name")
     except (OSError, ValueError, AttributeError):
         return DEFAULT_FAMILY
+    return class_family(named)
+
+
+def repo_family(repo: str) -> str:
+    """The family of a Hub repo that is not one of FAMILIES' own: the pipeline class its ``model_index.json``
+    names (read from the cache, or fetched alone), so a fine-tune or variant of a family is loaded as that family."""
+    from vsrup.models.hub import pipeline_class
+
+    return class_family(pipeline_class(repo))
+
+
+def class_family(named: str | None) -> str:
+    """The family whose PIPELINE_CLASSES hold ``named``; the default otherwise."""
     for name, (module, _) in FAMILIES.items():
         if named in import_module(module).PIPELINE_CLASSES:
             return name
