@@ -80,7 +80,7 @@ def test_options_build_the_config_and_call_one_function(monkeypatch, tmp_path):
     )
     assert result.exit_code == 0, result.output
     config = seen["config"]
-    assert seen["inputs"] == [Path("a.mp4"), Path("b.mp4")] and seen["output"] == Path("out") and seen["fmt"] == "mkv"
+    assert seen["inputs"] == [Path("a.mp4"), Path("b.mp4")] and seen["output"] == "out" and seen["fmt"] == "mkv"
     assert config.scale == 2 and config.model == "lanczos" and config.frames == (3, None) and config.encode.crf == 18
     assert config.sample == SampleConfig(tile=0, guidance_window=(0.1, 0.5), propagation_steps=(24, 26), steps=27, color_fix="none", compile=True)
 

@@ -208,7 +208,8 @@ class Reporter:
             self.progress = None
 
     def summary(self, results) -> None:
-        if len(results) < 2:
+        """The batch's counts; not with --quiet (errors only: each failure already had its error line)."""
+        if len(results) < 2 or (self.quiet and not self.log_json):
             return
         counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
         if self.log_json:
@@ -319,7 +320,7 @@ def job_config(o: dict) -> UpscaleConfig:
 
 @app.command(epilog=EXIT_CODES_HELP)
 def upscale(
-    paths: Annotated[list[Path], typer.Argument(metavar="INPUT... OUTPUT", readable=False, help="Input video(s) or a directory, then the output file (one input) or directory.")],
+    paths: Annotated[list[str], typer.Argument(metavar="INPUT... OUTPUT", show_default=False, help="Input video(s) or a directory, then the output file (one input) or directory (several, or a trailing /).")],
     scale: ScaleOpt = D.scale,
     model: ModelOpt = D.model,
     revision: RevisionOpt = None,
@@ -366,7 +367,7 @@ def upscale(
 
     report = Reporter(quiet=quiet, log_json=log_json)
     with reporting(report):
-        results = run(paths[:-1], paths[-1], config, fmt=format, emit=report)
+        results = run([Path(p) for p in paths[:-1]], paths[-1], config, fmt=format, emit=report)  # the output as typed: a trailing / means a directory
     report.summary(results)
     raise typer.Exit(exit_code(results))
 

@@ -48,10 +48,16 @@ class Result:
     error: VsrupError | None = None
 
 
-def plan_jobs(inputs: Sequence[Path], output: Path, fmt: str | None = None) -> list[Job]:
-    """One input file to one output file; several inputs, or a directory, to an output directory."""
+def plan_jobs(inputs: Sequence[Path], output: Path | str, fmt: str | None = None) -> list[Job]:
+    """One input file to one output file; several inputs, or a directory, to an output directory.
+
+    ``output`` as typed: a trailing slash makes it a directory even for one input. A name with a
+    video extension is never made a directory, and ``fmt`` never renames a single named output.
+    """
     if not inputs:
         raise UsageError("no input given")
+    as_dir = str(output).endswith(("/", os.sep))
+    output = Path(output)
     sources: list[Path] = []
     for path in inputs:
         if path.is_dir():
@@ -62,22 +68,29 @@ def plan_jobs(inputs: Sequence[Path], output: Path, fmt: str | None = None) -> l
             sources += found
         else:
             sources.append(path)
-    single = len(inputs) == 1 and not inputs[0].is_dir() and not output.is_dir()
+    fmt = fmt.lstrip(".").lower() if fmt else None
+    single = len(inputs) == 1 and not inputs[0].is_dir() and not as_dir and not output.is_dir()
     if single:
-        target = output.with_suffix("." + fmt.lstrip(".")) if fmt else output
-        return [Job(sources[0], target)]
+        if fmt and output.suffix and output.suffix.lower() != "." + fmt:
+            raise UsageError(f"{output}: --format {fmt} contradicts the output's extension {output.suffix}; drop one of them")
+        return [Job(sources[0], output.with_suffix("." + fmt) if fmt else output)]
     if output.exists() and not output.is_dir():
         raise UsageError(f"{output}: several inputs need an output directory")
-    jobs = [Job(s, output / (s.stem + ("." + fmt.lstrip(".") if fmt else s.suffix))) for s in sources]
+    if not output.exists() and not as_dir and output.suffix.lower() in VIDEO_SUFFIXES:
+        raise UsageError(f"{output}: several inputs need an output directory, and this name is a video file's; "
+                         "name a directory (a trailing / makes one)")
+    jobs = [Job(s, output / (s.stem + ("." + fmt if fmt else s.suffix))) for s in sources]
     names = [j.target.name for j in jobs]
     if len(set(names)) != len(names):
         raise UsageError(f"{output}: two inputs would write the same output name")
     return jobs
 
 
-def upscale(inputs: Sequence[Path], output: Path, config: UpscaleConfig, *, fmt: str | None = None, emit: Emit = ignore) -> list[Result]:
-    """Upscale every input; each is attempted, failures are reported in the results, not raised."""
-    jobs = plan_jobs([Path(p) for p in inputs], Path(output), fmt)
+def upscale(inputs: Sequence[Path], output: Path | str, config: UpscaleConfig, *, fmt: str | None = None, emit: Emit = ignore) -> list[Result]:
+    """Upscale every input; each is attempted, failures are reported in the results, not raised.
+
+    ``output`` as the user typed it (see ``plan_jobs``: a trailing slash names a directory)."""
+    jobs = plan_jobs([Path(p) for p in inputs], output, fmt)
     choice, config = settle(config)
     model = LazyModel(choice, config, emit)
     results = []
@@ -160,15 +173,25 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
             in_px = info.video.width * info.video.height
             ahead, behind = queue_depth(in_px), queue_depth(width * height)
             check_frames_fit(upscaler, config, in_px, ahead, behind, writer.picture_bytes, str(job.source), emit)
-            frames = decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit)
+            seen = 0  # frames decoded: tells a span past the end from an input without frames
+
+            def counted(frames):
+                nonlocal seen
+                for frame in frames:
+                    seen = frame.index + 1
+                    yield frame
+
+            frames = counted(decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit))
             with Ahead(frames, ahead, "vsrup-decode") as decoded, Behind(writer.write, behind, "vsrup-encode") as encode:
                 for frame, image in upscale_frames(decoded, upscaler, config, in_span(first, stop), stop, total=total, emit=emit):
                     encode.submit(image, frame.pts)
                     written += 1
                     emit(Event("progress", path=path, done=written, total=total))
                 encode.finish()
-        if written == 0:
-            raise InputDataError(f"{job.source}: no frames in the range {first}:{'' if stop is None else stop}")
+            if written == 0 and seen > first:
+                raise InputDataError(f"{job.source}: no frames in the range {first}:{'' if stop is None else stop}")
+            if written == 0 and seen:  # the container did not say how long it is (frame_span refuses this up front where it does)
+                raise UsageError(f"--frames starts at {first} but the input has {seen} frames")
     return written
 
 

@@ -140,6 +140,8 @@ class VideoWriter:
             encoder = av.codec.Codec(codec, "w")
         except av.codec.codec.UnknownCodecError:
             raise UsageError(f"unknown video encoder {codec!r} (FFmpeg's encoder names: libx264, libx265, libsvtav1, libvpx-vp9, ...)") from None
+        if encoder.type != "video":
+            raise UsageError(f"{codec} is an {encoder.type} encoder; --codec takes a video encoder (libx264, libx265, libsvtav1, libvpx-vp9, ...)")
         if config.pix_fmt:
             pix_fmt, note = config.pix_fmt, None
             takes = [f.name for f in encoder.video_formats or ()]

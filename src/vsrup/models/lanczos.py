@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from vsrup.config import SampleConfig, UpscaleConfig
-from vsrup.events import Emit, ignore
+from vsrup.events import Emit, Event, ignore
 from vsrup.models import ModelInfo, Progress, Window
 from vsrup.resize import lanczos_resize
 
@@ -23,6 +23,8 @@ def settle(sample: SampleConfig) -> SampleConfig:
 
 class Model:
     def __init__(self, source: str | None, config: UpscaleConfig, emit: Emit = ignore):
+        if config.device not in ("auto", "cpu"):
+            emit(Event("warning", message=f"--model lanczos runs on the CPU; --device {config.device} is ignored"))
         # Native at every asked scale: the pipeline has nothing to resize. Frames are independent: windows of one.
         self.info = ModelInfo(name="lanczos", scale=config.scale, kind="clip", flow=False, generative=False, cost=None, window=1)
 
