@@ -14,9 +14,10 @@ import threading
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional, get_args
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
 from vsrup import __version__
 from vsrup.config import (
@@ -25,7 +26,6 @@ from vsrup.config import (
     DEINTERLACE_MODES,
     DTYPES,
     FLOW_METHODS,
-    SCALES,
     SCHEDULERS,
     EncodeConfig,
     SampleConfig,
@@ -42,16 +42,11 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",  # renders the option groups (rich_help_panel); help texts hold no [brackets]
 )
 
 E, S = EncodeConfig(), SampleConfig()
 D = UpscaleConfig()
-MODEL = "Model (see `--model`)"
-ENC = "Encoding"
-SAMPLER = "Diffusion sampler"
-TEMPORAL = "Temporal consistency"
-OUT = "Output and batch behaviour"
 
 
 # ---------------------------------------------------------------- parsing helpers
@@ -85,12 +80,6 @@ def parse_steps(text: str) -> tuple[int, ...]:
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated step indices, got {text!r}", param_hint="--propagation-steps") from None
-
-
-def choice(value: str, allowed: tuple[str, ...], name: str) -> str:
-    if value not in allowed:
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=name)
-    return value
 
 
 # ---------------------------------------------------------------- rendering events
@@ -223,40 +212,16 @@ class Reporter:
 
 # ---------------------------------------------------------------- commands
 
-
-ScaleOpt = Annotated[int, typer.Option("--scale", "-s", help="Upscaling factor: 2, 3 or 4. The output is exactly scale x input size.")]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="sd-x4 (default, stabilityai/stable-diffusion-x4-upscaler), stablevsr (claudiom4sir/StableVSR), a Hub repo id, a local diffusers folder, or lanczos (non-neural preview).", rich_help_panel=MODEL)]
-RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision to pin (branch, tag or commit).", rich_help_panel=MODEL)]
-DeviceOpt = Annotated[str, typer.Option(help="auto|cpu|cuda|cuda:N|mps.", rich_help_panel=MODEL)]
-DtypeOpt = Annotated[str, typer.Option(help="auto|fp32|fp16|bf16 (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU).", rich_help_panel=MODEL)]
-StepsOpt = Annotated[Optional[int], typer.Option(help="Denoising steps, 1..1000 [default: the model's; sd-x4 30, stablevsr 50].", rich_help_panel=SAMPLER)]
-GuidanceOpt = Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale, 0..30; <= 1 disables it and halves the cost [sd-x4: 6.0; not for stablevsr].", rich_help_panel=SAMPLER)]
-PromptOpt = Annotated[Optional[str], typer.Option(help="Text prompt [sd-x4: \"best quality, extremely detailed\"; not for stablevsr].", rich_help_panel=SAMPLER)]
-NegOpt = Annotated[Optional[str], typer.Option(help="Negative prompt, used when --guidance > 1 [sd-x4: \"blur, worst quality\"].", rich_help_panel=SAMPLER)]
-NoiseOpt = Annotated[Optional[int], typer.Option(help="Noise augmentation of the low-resolution input, 0..350 [sd-x4: 20; not for stablevsr].", rich_help_panel=SAMPLER)]
-SchedOpt = Annotated[Optional[str], typer.Option(help=f"Scheduler: {', '.join(SCHEDULERS)} [sd-x4: ddim; stablevsr: ddpm only].", rich_help_panel=SAMPLER)]
-SeedOpt = Annotated[int, typer.Option(help="Seed, 0..2^63-1; frame i uses seed + i.", rich_help_panel=SAMPLER)]
-TileOpt = Annotated[str, typer.Option(help="Latent tile size: auto (from free memory), 0 (no tiling) or a size in latent pixels (a multiple of 8, at least 16).", rich_help_panel=SAMPLER)]
-OverlapOpt = Annotated[Optional[int], typer.Option(help="Overlap of neighbouring tiles, latent pixels, 0..127 and below the tile [default: 32, a quarter of a smaller tile].", rich_help_panel=SAMPLER)]
-BatchOpt = Annotated[Optional[int], typer.Option(help="Tiles per UNet call, 1..256 (default: from free memory).", rich_help_panel=SAMPLER)]
-CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the networks: the first clip waits while they compile (minutes); needs a C++ compiler on the CPU.", rich_help_panel=MODEL)]
-ColorOpt = Annotated[str, typer.Option(help=f"Match colours to the input: {', '.join(COLOR_FIXES)}.", rich_help_panel=TEMPORAL)]
-FlowOpt = Annotated[str, typer.Option(help="Optical flow: dis (OpenCV) or raft (needs torchvision).", rich_help_panel=TEMPORAL)]
-MotionOpt = Annotated[Optional[float], typer.Option(help="Motion guidance strength 0..1: the fraction of frame-to-frame flicker removed per tenth of the schedule (per step at --steps 10) between frames that see both neighbours; 0 disables; the default halves the warping error [sd-x4: 0.75; not for stablevsr].", rich_help_panel=TEMPORAL)]
-WindowOpt = Annotated[Optional[str], typer.Option(help="Steps where motion guidance acts, as fractions of the schedule START:END [sd-x4: 0.0:0.9].", rich_help_panel=TEMPORAL)]
-PropOpt = Annotated[Optional[str], typer.Option(help="Loop indices where latents are propagated along the flow, e.g. 24,26,28 [sd-x4: none].", rich_help_panel=TEMPORAL)]
-ClipLenOpt = Annotated[int, typer.Option(help="Frames sampled together, 1..64.", rich_help_panel=TEMPORAL)]
-ClipOverlapOpt = Annotated[int, typer.Option(help="Frames shared and cross-faded by neighbouring clips, below --clip-len.", rich_help_panel=TEMPORAL)]
-SceneOpt = Annotated[float, typer.Option(help="Scene-cut threshold 0..1 (how much both layout and colours change between frames); 0 disables.", rich_help_panel=TEMPORAL)]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.", rich_help_panel=OUT)]
-SkipOpt = Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs alone (resume a batch).", rich_help_panel=OUT)]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.", rich_help_panel=OUT)]
-JsonLogOpt = Annotated[bool, typer.Option("--log-json", help="One JSON object per line on stdout: start, progress, info, warning, memory, done, skipped, error, summary.", rich_help_panel=OUT)]
-
+IO, MODEL, TEMPORAL, TILES, ENC, BATCH = (
+    "Input and output", "Model and sampling", "Temporal consistency", "Tiles and memory", "Encoding", "Batch and logging",
+)
 
 # Accepted ranges (inclusive) of the numeric options; an option left unset (None: auto, or the model's default) is not checked.
 RANGES = {
-    "crf": (0, 63),  # x264 and x265 take 0..51, libvpx-vp9 and SVT-AV1 0..63; the encoder refuses the rest itself
+    "scale": (1.0, 8.0),  # beyond the model's own x4 the rest is Lanczos: 8 keeps that honest, and memory in reach
+    "width": (16, 16384), "height": (16, 16384),  # 16384: H.264 level 6.2's widest, and FFmpeg's encoders' limit
+    "crf": (0, 63),  # x264 and x265 take 0..51, libvpx-vp9 and SVT-AV1 0..63; media/encode.py checks each encoder's own
+    "threads": (0, 256),  # encoder threads; 0 lets FFmpeg choose
     "steps": (1, 1000),  # the schedulers' 1000 training timesteps: more cannot be spaced
     "guidance": (0.0, 30.0),  # classifier-free guidance; SD pipelines use 4..10: a generous bound, not a measurement
     "noise_level": (0, 350),  # the x4 upscaler's max_noise_level
@@ -270,6 +235,83 @@ RANGES = {
 }
 TILE_MIN = 16  # latent px: the UNet halves a tile three times, so 16 leaves it 2 px at its coarsest level
 TILE_MULTIPLE = 8  # and a multiple of 8 halves evenly (memory.smaller_tile keeps to it too)
+
+
+def ranged(name: str, *decls: str, **option):
+    """typer.Option with the RANGES bounds shown in --help (check_ranges also refuses NaN, which compares false)."""
+    low, high = RANGES[name]
+    return typer.Option(*decls, min=low, max=high, **option)
+
+
+Audio = Literal["copy", "aac", "none"]
+Deinterlace = Literal["auto", "on", "off"]
+Dtype = Literal["auto", "fp32", "fp16", "bf16"]
+Scheduler = Literal["ddim", "ddpm", "dpm++ 2m", "unipc", "euler"]
+ColorFix = Literal["wavelet", "adain", "none"]
+FlowMethod = Literal["dis", "raft"]
+assert {get_args(t) for t in (Audio, Deinterlace, Dtype, Scheduler, FlowMethod)} == {AUDIO_MODES, DEINTERLACE_MODES, DTYPES, SCHEDULERS, FLOW_METHODS}
+assert set(get_args(ColorFix)) == set(COLOR_FIXES)
+
+ScaleOpt = Annotated[Optional[float], ranged("scale", "--scale", "-s", help="Output size as a factor of the input's, e.g. 2 or 3.5; sizes from a fraction are rounded to even numbers. Made from the model's own x4, resized with antialiased Lanczos. Default 4.", rich_help_panel=IO)]
+WidthOpt = Annotated[Optional[int], ranged("width", help="Output width in pixels; the height follows the aspect ratio (rounded to even) unless --height is given too.", rich_help_panel=IO)]
+HeightOpt = Annotated[Optional[int], ranged("height", help="Output height in pixels; the width follows the aspect ratio (rounded to even) unless --width is given too.", rich_help_panel=IO)]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="sd-x4 (Stability AI's x4 upscaler), stablevsr (StableVSR, ECCV 2024), lanczos (non-neural preview), a Hub repo id (owner/name) or a local diffusers folder.", rich_help_panel=MODEL)]
+RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision to pin (branch, tag or commit).", rich_help_panel=MODEL)]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL)]
+DtypeOpt = Annotated[Dtype, typer.Option(help="auto: bf16 on CUDA where supported, else fp16; fp32 on CPU.", rich_help_panel=MODEL)]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the networks: the first clip waits while they compile (minutes); needs a C++ compiler on the CPU.", rich_help_panel=MODEL)]
+StepsOpt = Annotated[Optional[int], ranged("steps", help="Denoising steps (sd-x4: 30, stablevsr: 50).", rich_help_panel=MODEL)]
+GuidanceOpt = Annotated[Optional[float], ranged("guidance", help="Classifier-free guidance scale; <= 1 disables it and halves the cost (sd-x4: 6.0; not for stablevsr).", rich_help_panel=MODEL)]
+PromptOpt = Annotated[Optional[str], typer.Option(help="Text prompt (sd-x4: \"best quality, extremely detailed\"; not for stablevsr).", rich_help_panel=MODEL)]
+NegOpt = Annotated[Optional[str], typer.Option(help="Negative prompt, used when --guidance > 1 (sd-x4: \"blur, worst quality\").", rich_help_panel=MODEL)]
+NoiseOpt = Annotated[Optional[int], ranged("noise_level", help="Noise augmentation of the low-resolution input (sd-x4: 20; not for stablevsr).", rich_help_panel=MODEL)]
+SchedOpt = Annotated[Optional[Scheduler], typer.Option(help="Scheduler (sd-x4: ddim; stablevsr: ddpm only).", rich_help_panel=MODEL)]
+SeedOpt = Annotated[int, typer.Option(help="Seed, 0..2^63-1; frame i uses seed + i.", rich_help_panel=MODEL)]
+ColorOpt = Annotated[ColorFix, typer.Option(help="Match colours to the input: wavelet (low frequencies from the input), adain (mean and std), none.", rich_help_panel=MODEL)]
+FlowOpt = Annotated[FlowMethod, typer.Option(help="Optical flow: dis (OpenCV) or raft (needs torchvision).", rich_help_panel=TEMPORAL)]
+MotionOpt = Annotated[Optional[float], ranged("motion_guidance", help="Motion guidance: the fraction of frame-to-frame flicker removed per tenth of the schedule; 0 disables (sd-x4: 0.75; not for stablevsr).", rich_help_panel=TEMPORAL)]
+WindowOpt = Annotated[Optional[str], typer.Option(metavar="START:END", help="Where motion guidance acts, as fractions of the schedule (sd-x4: 0.0:0.9).", rich_help_panel=TEMPORAL)]
+PropOpt = Annotated[Optional[str], typer.Option(metavar="I,J,...", help="Loop indices where latents are propagated along the flow, e.g. 24,26,28 (sd-x4: none).", rich_help_panel=TEMPORAL)]
+ClipLenOpt = Annotated[int, ranged("clip_len", help="Frames sampled together.", rich_help_panel=TEMPORAL)]
+ClipOverlapOpt = Annotated[int, ranged("clip_overlap", help="Frames shared and cross-faded by neighbouring clips, below --clip-len.", rich_help_panel=TEMPORAL)]
+SceneOpt = Annotated[float, ranged("scene_threshold", help="Scene-cut threshold (how much layout and colours change between frames); 0 disables.", rich_help_panel=TEMPORAL)]
+TileOpt = Annotated[str, typer.Option(metavar="auto|0|N", help="Latent tile size: auto (from free memory), 0 (no tiling) or N latent pixels (a multiple of 8, at least 16).", rich_help_panel=TILES)]
+OverlapOpt = Annotated[Optional[int], ranged("tile_overlap", help="Overlap of neighbouring tiles in latent pixels, below the tile (default 32, a quarter of a smaller tile).", rich_help_panel=TILES)]
+BatchOpt = Annotated[Optional[int], ranged("batch", help="Tiles per UNet call (default: from free memory).", rich_help_panel=TILES)]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.", rich_help_panel=BATCH)]
+SkipOpt = Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs alone (resume a batch).", rich_help_panel=BATCH)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.", rich_help_panel=BATCH)]
+JsonLogOpt = Annotated[bool, typer.Option("--log-json", help="One JSON object per line on stdout (schema: docs/cli.md).", rich_help_panel=BATCH)]
+CodecOpt = Annotated[Optional[str], typer.Option(help="Video encoder: libx264 (default for 8-bit), libx265 (default above 8-bit), libvpx-vp9 (default for WebM), libsvtav1, or any FFmpeg video encoder.", rich_help_panel=ENC)]
+CrfOpt = Annotated[Optional[int], ranged("crf", help="Constant rate factor within the encoder's range: x264/x265 0..51, VP9 and SVT-AV1 0..63 (encoder default when unset; VP9: 31).", rich_help_panel=ENC)]
+PresetOpt = Annotated[Optional[str], typer.Option(help="Speed preset: ultrafast, superfast, veryfast, faster, fast, medium, slow, slower, veryslow, placebo (x264, x265; VP9 maps them onto cpu-used, default medium) or 0..13 (SVT-AV1).", rich_help_panel=ENC)]
+PixFmtOpt = Annotated[Optional[str], typer.Option(help="Output pixel format, e.g. yuv420p, yuv420p10le, yuv444p (default: the input's depth and chroma).", rich_help_panel=ENC)]
+EncoderOpt = Annotated[Optional[list[str]], typer.Option("--encoder-opt", "-e", metavar="KEY=VALUE", help="An FFmpeg option of the encoder, repeatable: tune=film, profile=high, level=4.1, maxrate=8M, bufsize=16M, x264-params=..., applied last.", rich_help_panel=ENC)]
+ThreadsOpt = Annotated[int, ranged("threads", help="Encoder threads; 0 lets FFmpeg choose. Pin it for bit-identical re-runs across machines.", rich_help_panel=ENC)]
+FaststartOpt = Annotated[bool, typer.Option("--faststart/--no-faststart", help="mp4/mov: the index at the front, so web players start at once.", rich_help_panel=ENC)]
+AudioOpt = Annotated[Audio, typer.Option(help="copy (re-encoded, with a warning, where the container refuses), aac or none.", rich_help_panel=ENC)]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Output container for a directory of outputs, e.g. mkv (default: each input's).", rich_help_panel=IO)]
+FramesOpt = Annotated[Optional[str], typer.Option(metavar="START:END", help="Only these frames (0-based, END exclusive).", rich_help_panel=IO)]
+StartOpt = Annotated[Optional[str], typer.Option(metavar="TIME", help="Start at this time, in seconds or HH:MM:SS.ms (ffmpeg -ss).", rich_help_panel=IO)]
+EndOpt = Annotated[Optional[str], typer.Option(metavar="TIME", help="Stop before this time (ffmpeg -to).", rich_help_panel=IO)]
+DurationOpt = Annotated[Optional[str], typer.Option(metavar="TIME", help="Stop after this long (ffmpeg -t).", rich_help_panel=IO)]
+DeinterlaceOpt = Annotated[Deinterlace, typer.Option(help="auto: when the decoder flags interlaced frames.", rich_help_panel=IO)]
+PartialOpt = Annotated[bool, typer.Option("--allow-partial", help="Corrupt or truncated input: write what decodes, with a warning, instead of failing.", rich_help_panel=IO)]
+
+
+class Command(TyperCommand):
+    """Usage lines as people write them (INPUT... OUTPUT), without type labels beside the arguments."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.get_params(ctx) else []
+        return pieces + [p.metavar or p.name.upper() for p in self.get_params(ctx) if isinstance(p, TyperArgument)]
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for p in params:
+            if isinstance(p, TyperArgument):
+                p.display_type_rich = lambda ctx: None
+        return params
 
 
 def check_ranges(o: dict) -> None:
@@ -293,14 +335,10 @@ def check_ranges(o: dict) -> None:
 def job_config(o: dict) -> UpscaleConfig:
     """Check the options of `upscale` or `frames` (``o``: the command's parameters) and freeze them."""
     check_ranges(o)
-    if o["scale"] not in SCALES:
-        raise typer.BadParameter(f"{o['scale']} is not one of 2, 3, 4", param_hint="--scale")
+    if o["scale"] is not None and (o["width"] or o["height"]):
+        raise typer.BadParameter("give a scale or a size (--width/--height), not both", param_hint="--scale")
     if o["skip_existing"] and o["overwrite"]:
         raise typer.BadParameter("--overwrite and --skip-existing contradict each other", param_hint="--skip-existing")
-    for name, allowed in (("audio", AUDIO_MODES), ("deinterlace", DEINTERLACE_MODES), ("dtype", DTYPES),
-                          ("scheduler", SCHEDULERS), ("color_fix", COLOR_FIXES), ("flow", FLOW_METHODS)):
-        if o.get(name) is not None:
-            choice(o[name], allowed, "--" + name.replace("_", "-"))
     window = parse_span(o["guidance_window"], "--guidance-window", float)
     if window is not None and (window[1] is None or not 0 <= window[0] < window[1] <= 1):
         raise typer.BadParameter("expected fractions 0 <= START < END <= 1", param_hint="--guidance-window")
@@ -309,36 +347,74 @@ def job_config(o: dict) -> UpscaleConfig:
     if o["tile_overlap"] is None:  # the config's default, which the memory plan shrinks to a quarter of a smaller tile
         del sample["tile_overlap"]
     encode = {f.name: o[f.name] for f in fields(EncodeConfig) if f.name in o}
-    top = {f.name: o[f.name] for f in fields(UpscaleConfig) if f.name in o and f.name not in ("frames", "encode", "sample")}
+    encode["options"] = tuple(parse_encoder_opt(text) for text in o.get("encoder_opt") or ())
+    top = {f.name: o[f.name] for f in fields(UpscaleConfig) if f.name in o and f.name not in ("frames", "times", "encode", "sample", "scale")}
+    if o["scale"] is not None:
+        top["scale"] = o["scale"]
     return UpscaleConfig(
         **top,
         frames=parse_span(o.get("frames"), "--frames"),
+        times=time_span(o),
         encode=EncodeConfig(**encode),
         sample=SampleConfig(**{f.name: sample[f.name] for f in fields(SampleConfig) if f.name in sample}),
     )
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+def parse_encoder_opt(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise typer.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint="--encoder-opt")
+    return key.strip().lstrip("-"), value
+
+
+def parse_time(text: str, name: str) -> float:
+    """Seconds from '12.5', '1:02.5' or '01:02:03.250' (ffmpeg's time syntax, without units)."""
+    try:
+        parts = [float(p) for p in text.split(":")]
+        if len(parts) > 3 or any(p < 0 or p != p or p == float("inf") for p in parts) or any(p >= 60 for p in parts[1:]):
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(f"expected seconds or [HH:]MM:SS[.ms], got {text!r}", param_hint=name) from None
+    seconds = 0.0
+    for p in parts:
+        seconds = seconds * 60 + p
+    return seconds
+
+
+def time_span(o: dict) -> tuple[float, float | None] | None:
+    """--start/--end/--duration as [start, end) seconds from the input's first frame; None when none is given."""
+    start, end, length = (o.get(k) for k in ("start", "end", "duration"))
+    if start is None and end is None and length is None:
+        return None
+    if o.get("frames") is not None:
+        raise typer.BadParameter("give frames or times (--start/--end/--duration), not both", param_hint="--frames")
+    if end is not None and length is not None:
+        raise typer.BadParameter("give --end or --duration, not both", param_hint="--duration")
+    first = parse_time(start, "--start") if start is not None else 0.0
+    stop = parse_time(end, "--end") if end is not None else first + parse_time(length, "--duration") if length is not None else None
+    if stop is not None and stop <= first:
+        raise typer.BadParameter(f"the span {first:g} s to {stop:g} s is empty", param_hint="--end" if end is not None else "--duration")
+    return first, stop
+
+
+@app.command(cls=Command, epilog=EXIT_CODES_HELP)
 def upscale(
     paths: Annotated[list[str], typer.Argument(metavar="INPUT... OUTPUT", show_default=False, help="Input video(s) or a directory, then the output file (one input) or directory (several, or a trailing /).")],
-    scale: ScaleOpt = D.scale,
+    scale: ScaleOpt = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
+    frames: FramesOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    duration: DurationOpt = None,
+    format: FormatOpt = None,
+    deinterlace: DeinterlaceOpt = D.deinterlace,
+    allow_partial: PartialOpt = False,
     model: ModelOpt = D.model,
     revision: RevisionOpt = None,
     device: DeviceOpt = D.device,
     dtype: DtypeOpt = D.dtype,
-    codec: Annotated[Optional[str], typer.Option(help="Video encoder (default libx264 for 8-bit input, libx265 for 10-bit).", rich_help_panel=ENC)] = None,
-    crf: Annotated[Optional[int], typer.Option(help="Constant rate factor, 0..63 within the encoder's own range (encoder default when unset).", rich_help_panel=ENC)] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Encoder preset (encoder default when unset).", rich_help_panel=ENC)] = None,
-    pix_fmt: Annotated[Optional[str], typer.Option(help="Output pixel format (default follows the input's bit depth).", rich_help_panel=ENC)] = None,
-    audio: Annotated[str, typer.Option(help="copy (re-encode, with a warning, where the container refuses), aac or none.", rich_help_panel=ENC)] = E.audio,
-    format: Annotated[Optional[str], typer.Option("--format", help="Output container extension for batch outputs, e.g. mkv (default: the input's).", rich_help_panel=ENC)] = None,
-    frames: Annotated[Optional[str], typer.Option(help="Only frames START:END (0-based, END exclusive) of the input.", rich_help_panel=OUT)] = None,
-    deinterlace: Annotated[str, typer.Option(help="auto (when the input is interlaced), on or off.", rich_help_panel=OUT)] = D.deinterlace,
-    allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Corrupt or truncated input: write what decodes, with a warning, instead of failing.", rich_help_panel=OUT)] = False,
-    overwrite: OverwriteOpt = False,
-    skip_existing: SkipOpt = False,
-    quiet: QuietOpt = False,
-    log_json: JsonLogOpt = False,
+    compile: CompileOpt = False,
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
     prompt: PromptOpt = None,
@@ -346,10 +422,6 @@ def upscale(
     noise_level: NoiseOpt = None,
     scheduler: SchedOpt = None,
     seed: SeedOpt = S.seed,
-    tile: TileOpt = "auto",
-    tile_overlap: OverlapOpt = None,
-    batch: BatchOpt = None,
-    compile: CompileOpt = False,
     color_fix: ColorOpt = S.color_fix,
     flow: FlowOpt = S.flow,
     motion_guidance: MotionOpt = None,
@@ -358,6 +430,21 @@ def upscale(
     clip_len: ClipLenOpt = S.clip_len,
     clip_overlap: ClipOverlapOpt = S.clip_overlap,
     scene_threshold: SceneOpt = S.scene_threshold,
+    tile: TileOpt = "auto",
+    tile_overlap: OverlapOpt = None,
+    batch: BatchOpt = None,
+    codec: CodecOpt = None,
+    crf: CrfOpt = None,
+    preset: PresetOpt = None,
+    pix_fmt: PixFmtOpt = None,
+    encoder_opt: EncoderOpt = None,
+    threads: ThreadsOpt = E.threads,
+    faststart: FaststartOpt = E.faststart,
+    audio: AudioOpt = E.audio,
+    overwrite: OverwriteOpt = False,
+    skip_existing: SkipOpt = False,
+    quiet: QuietOpt = False,
+    log_json: JsonLogOpt = False,
 ) -> None:
     """Upscale one video to one output file, or several videos (or a directory) into an output directory."""
     if len(paths) < 2:
@@ -372,19 +459,18 @@ def upscale(
     raise typer.Exit(exit_code(results))
 
 
-@app.command("frames", epilog=EXIT_CODES_HELP)
+@app.command("frames", cls=Command, epilog=EXIT_CODES_HELP)
 def frames_command(
-    in_dir: Annotated[Path, typer.Argument(metavar="IN_DIR", readable=False, help="Folder of images (png, jpg, webp, tiff, bmp), natural-sorted, one sequence.")],
-    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", readable=False, help="Folder for the upscaled images (same names).")],
-    scale: ScaleOpt = D.scale,
+    in_dir: Annotated[Path, typer.Argument(metavar="IN_DIR", readable=False, show_default=False, help="Folder of images (png, jpg, webp, tiff, bmp), natural-sorted, one sequence.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", readable=False, show_default=False, help="Folder for the upscaled images (same names).")],
+    scale: ScaleOpt = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
     model: ModelOpt = D.model,
     revision: RevisionOpt = None,
     device: DeviceOpt = D.device,
     dtype: DtypeOpt = D.dtype,
-    overwrite: OverwriteOpt = False,
-    skip_existing: SkipOpt = False,
-    quiet: QuietOpt = False,
-    log_json: JsonLogOpt = False,
+    compile: CompileOpt = False,
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
     prompt: PromptOpt = None,
@@ -392,10 +478,6 @@ def frames_command(
     noise_level: NoiseOpt = None,
     scheduler: SchedOpt = None,
     seed: SeedOpt = S.seed,
-    tile: TileOpt = "auto",
-    tile_overlap: OverlapOpt = None,
-    batch: BatchOpt = None,
-    compile: CompileOpt = False,
     color_fix: ColorOpt = S.color_fix,
     flow: FlowOpt = S.flow,
     motion_guidance: MotionOpt = None,
@@ -404,6 +486,13 @@ def frames_command(
     clip_len: ClipLenOpt = S.clip_len,
     clip_overlap: ClipOverlapOpt = S.clip_overlap,
     scene_threshold: SceneOpt = S.scene_threshold,
+    tile: TileOpt = "auto",
+    tile_overlap: OverlapOpt = None,
+    batch: BatchOpt = None,
+    overwrite: OverwriteOpt = False,
+    skip_existing: SkipOpt = False,
+    quiet: QuietOpt = False,
+    log_json: JsonLogOpt = False,
 ) -> None:
     """Upscale an image folder as one sequence; 16-bit depth, alpha and file names are kept."""
     config = job_config(locals())
@@ -415,9 +504,9 @@ def frames_command(
     raise typer.Exit(exit_code([result]))
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(cls=Command, epilog=EXIT_CODES_HELP)
 def probe(
-    path: Annotated[Path, typer.Argument(metavar="INPUT", readable=False, help="A video file.")],
+    path: Annotated[Path, typer.Argument(metavar="INPUT", readable=False, show_default=False, help="A video file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show streams, codecs, frame rate (and whether it varies), rotation, colour tags, duration and frame count."""
@@ -447,9 +536,9 @@ def probe(
     console.print(streams)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(cls=Command, epilog=EXIT_CODES_HELP)
 def download(
-    model: Annotated[str, typer.Argument(help="Model to prefetch into the Hugging Face cache (sd-x4, stablevsr, or a repo id).")] = D.model,
+    model: Annotated[str, typer.Argument(metavar="[MODEL]", help="Model to prefetch into the Hugging Face cache: sd-x4, stablevsr, or a repo id.")] = D.model,
     revision: RevisionOpt = None,
 ) -> None:
     """Fetch a model's weights now, for machines that will run offline (honours HF_HOME, HF_HUB_CACHE, HF_TOKEN)."""

@@ -156,38 +156,50 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
     # 2. Probe the input and decide the frame span. A job that reads to the end of a truncated input fails
     #    now, where the container says how long the video is, not after the long work.
     info = probe(job.source)
-    if not config.allow_partial and (config.frames is None or config.frames[1] is None):
+    if not config.allow_partial and to_the_end(config):
         check_length(info)
     first, stop = frame_span(config, info.video.frames)
     total = None if stop is None else stop - first
-    width, height = info.video.width * config.scale, info.video.height * config.scale
+    span = TimeSpan(config.times, info.video) if config.times is not None else None
+    if span is not None:
+        length = info.video.duration or info.duration
+        if length is not None and span.start >= length:
+            raise UsageError(f"--start {span.start:g} s is past the end of the input ({length:g} s)")
+        first, stop, total = 0, None, span.frames_estimate(info.video)
+    width, height = output_size(config, info.video.width, info.video.height, str(job.source), emit)
     path = str(job.source)
     emit(Event("start", path=path, message=str(job.target), total=total, data={"size": [width, height]}))
     written = 0
     with atomic_output(job.target, overwrite=config.overwrite, emit=emit) as partial:
         # 3. Open the output: streams are planned (trial mux) before the long work starts.
-        with VideoWriter(partial, info, config.encode, (width, height), trim=config.frames is not None, emit=emit) as writer:
+        trim = config.frames is not None or span is not None
+        with VideoWriter(partial, info, config.encode, (width, height), trim=trim, emit=emit) as writer:
             # 4. Load the model (once per batch), then stream: decode -> clips -> upscale -> blend -> encode.
             upscaler = model.get()
             # Decoding runs a clip ahead and encoding a clip behind, each in its own thread; the frames must fit.
             in_px = info.video.width * info.video.height
             ahead, behind = queue_depth(in_px), queue_depth(width * height)
-            check_frames_fit(upscaler, config, in_px, ahead, behind, writer.picture_bytes, str(job.source), emit)
+            check_frames_fit(upscaler, config, in_px, width * height, ahead, behind, writer.picture_bytes, str(job.source), emit)
             seen = 0  # frames decoded: tells a span past the end from an input without frames
 
             def counted(frames):
                 nonlocal seen
                 for frame in frames:
                     seen = frame.index + 1
+                    if span is not None and not span.take(frame, clip_shape(upscaler, config)[0]):
+                        return  # every clip that holds a frame of the span is complete: decode no further
                     yield frame
 
             frames = counted(decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit))
+            wanted = span.wanted if span is not None else in_span(first, stop)
             with Ahead(frames, ahead, "vsrup-decode") as decoded, Behind(writer.write, behind, "vsrup-encode") as encode:
-                for frame, image in upscale_frames(decoded, upscaler, config, in_span(first, stop), stop, total=total, emit=emit):
+                for frame, image in upscale_frames(decoded, upscaler, config, wanted, stop, total=total, emit=emit):
                     encode.submit(image, frame.pts)
                     written += 1
                     emit(Event("progress", path=path, done=written, total=total))
                 encode.finish()
+            if written == 0 and seen and span is not None:
+                raise UsageError(f"--start {config.times[0]:g} s is past the end of the input ({span.last:g} s, {seen} frames)")
             if written == 0 and seen > first:
                 raise InputDataError(f"{job.source}: no frames in the range {first}:{'' if stop is None else stop}")
             if written == 0 and seen:  # the container did not say how long it is (frame_span refuses this up front where it does)
@@ -195,18 +207,80 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
     return written
 
 
+def to_the_end(config: UpscaleConfig) -> bool:
+    """Whether the job reads the input to its end (then a truncated input is refused up front)."""
+    if config.times is not None:
+        return config.times[1] is None
+    return config.frames is None or config.frames[1] is None
+
+
+MAX_FACTOR = 8  # the output may be at most this many times the input per side (cli.RANGES["scale"])
+
+
+def output_size(config: UpscaleConfig, width: int, height: int, what: str, emit: Emit = ignore) -> tuple[int, int]:
+    """The output size for a ``width`` x ``height`` input; a UsageError for a size that is no upscale."""
+    out_w, out_h = config.output_size(width, height)
+    fx, fy = out_w / width, out_h / height
+    if min(fx, fy) < 1 or max(fx, fy) > MAX_FACTOR:
+        raise UsageError(f"{what}: {width}x{height} to {out_w}x{out_h} is a factor {min(fx, fy):.3g}..{max(fx, fy):.3g}; "
+                         f"vsrup upscales by 1 to {MAX_FACTOR} (--width/--height/--scale)")
+    if abs(fx / fy - 1) > 0.01 and config.width and config.height:
+        emit(Event("warning", path=what, message=f"{width}x{height} to {out_w}x{out_h} changes the aspect ratio: the picture is stretched"))
+    return out_w, out_h
+
+
+class TimeSpan:
+    """--start/--end/--duration: which frames fall in [start, end) seconds, counted from the first frame's time.
+
+    Frames are judged as they decode (the decode thread calls ``take`` before a frame goes on, so
+    ``wanted`` knows every frame a clip holds); decoding stops one clip past the end, so the clips
+    around the span are the clips of a whole run.
+    """
+
+    def __init__(self, times: tuple[float, float | None], video):
+        self.start, self.end = times
+        self.tb = video.time_base
+        self.origin = None  # pts of the first frame
+        self.inside: set[int] = set()
+        self.after = 0  # frames decoded past the end
+        self.last = 0.0  # time of the last frame decoded
+
+    def take(self, frame, clip_len: int) -> bool:
+        """Note ``frame``; False once frames past the end can no longer share a clip with one in the span."""
+        if self.origin is None:
+            self.origin = frame.pts
+        self.last = t = float((frame.pts - self.origin) * self.tb)
+        if self.end is not None and t >= self.end:
+            self.after += 1
+            return self.after <= clip_len
+        if t >= self.start:
+            self.inside.add(frame.index)
+        return True
+
+    def wanted(self, index: int) -> bool:
+        return index in self.inside
+
+    def frames_estimate(self, video) -> int | None:
+        """Frames in the span from the nominal rate and the duration (None without both): for the progress bar."""
+        if video.rate is None:
+            return None
+        end = self.end if self.end is not None else video.duration
+        return None if end is None else max(0, round((min(end, video.duration or end) - self.start) * video.rate))
+
+
 def queue_depth(pixels: int) -> int:
     """How many float32 RGB frames of ``pixels`` a background queue holds: QUEUE_BYTES of them, 1 to QUEUE_FRAMES."""
     return max(1, min(QUEUE_FRAMES, QUEUE_BYTES // (12 * pixels)))
 
 
-def check_frames_fit(model: Model, config: UpscaleConfig, in_px: int, ahead: int, behind: int, picture_bytes: float, what: str, emit: Emit) -> None:
+def check_frames_fit(model: Model, config: UpscaleConfig, in_px: int, out_px: int, ahead: int, behind: int, picture_bytes: float, what: str, emit: Emit) -> None:
     """Refuse, in one line, a job whose frames cannot fit in host memory (memory.host_bytes), before the long work."""
     from vsrup.host_memory import check_host_memory, host_bytes, resident_bytes
 
     window, overlap = clip_shape(model, config)
+    scale = (out_px / in_px) ** 0.5  # the linear factor of the output's area
     need = host_bytes(
-        in_px=in_px, scale=config.scale, model_scale=model.info.scale, window=window, overlap=overlap,
+        in_px=in_px, scale=scale, model_scale=model.info.scale or scale, window=window, overlap=overlap,
         queue_in=ahead, queue_out=behind, picture_bytes=picture_bytes,
         colour_fix_on_host=model.info.generative and model.info.device == "cpu" and config.sample.color_fix != "none",
     )
@@ -382,8 +456,9 @@ def _upscale_folder(job: Job, choice: Choice, config: UpscaleConfig, emit: Emit)
     written = 0
     first = read_image(paths[min(todo)]).rgb
     in_px = first.shape[0] * first.shape[1]
-    ahead, behind = queue_depth(in_px), queue_depth(in_px * config.scale**2)
-    check_frames_fit(upscaler, config, in_px, ahead, behind, 0.0, str(job.source), emit)
+    out_w, out_h = output_size(config, first.shape[1], first.shape[0], str(paths[min(todo)]), emit)
+    ahead, behind = queue_depth(in_px), queue_depth(out_w * out_h)
+    check_frames_fit(upscaler, config, in_px, out_w * out_h, ahead, behind, 0.0, str(job.source), emit)
     with Ahead(items(), ahead, "vsrup-read") as read, Behind(write, behind, "vsrup-write") as save:
         for item, rgb in upscale_frames(read, upscaler, config, todo.__contains__, total=len(todo), emit=emit):
             save.submit(item, rgb)

@@ -7,7 +7,7 @@ For each window the pipeline hands over, ``ModelRunner``:
    a smaller plan on CUDA out-of-memory;
 3. on a CPU, estimates the job's duration from the first step of the first window, once;
 4. colour-fixes a generative model's frames toward the bicubic input, clamps them to [0, 1], and
-   resizes them to the asked scale (antialiased Lanczos) when the model's own scale differs.
+   resizes them to the asked size (antialiased Lanczos) when the model's own scale gives another.
 """
 
 from __future__ import annotations
@@ -94,8 +94,7 @@ class ModelRunner:
             images = np.clip(out, 0.0, 1.0, out=out)  # (T, H', W', 3)
         else:
             images = self.fix_colours(out, window).clamp_(0, 1).cpu().numpy()  # (T, H', W', 3)
-        scale = self.config.scale
-        height, width = window.frames.shape[1] * scale, window.frames.shape[2] * scale
+        width, height = self.config.output_size(window.frames.shape[2], window.frames.shape[1])
         if images.shape[1:3] == (height, width):
             return images
         return lanczos_resize(images, height, width)  # (T, H, W, 3)
