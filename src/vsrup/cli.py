@@ -12,6 +12,8 @@ import os
 import sys
 import threading
 import time
+from collections import deque
+from datetime import timedelta
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Literal, Optional, get_args
@@ -92,6 +94,54 @@ def one_line(text: str) -> str:
     return "".join(repr(c)[1:-1] if c in LINE_BREAKS else c for c in text)
 
 
+class Rate:
+    """Work per second over the last ``WINDOW`` seconds: progress comes in bursts (a clip's frames
+    microseconds apart), so a rate between two events says nothing; work over time does."""
+
+    WINDOW = 30.0  # seconds of history: several diffusion steps, and still quick to follow a change
+    SETTLE = 1.0  # no rate from less than this much time
+
+    def __init__(self, clock=None):
+        self.clock = clock or time.monotonic
+        self.samples: deque[tuple[float, float]] = deque()  # (time, work done)
+
+    def add(self, work: float) -> None:
+        now = self.clock()
+        self.samples.append((now, work))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.WINDOW:
+            self.samples.popleft()
+
+    def per_second(self) -> float | None:
+        if len(self.samples) < 2:
+            return None
+        (t0, w0), (t1, w1) = self.samples[0], self.samples[-1]
+        return (w1 - w0) / (t1 - t0) if t1 - t0 >= self.SETTLE and w1 > w0 else None
+
+    def eta(self, work: float, work_total: float | None) -> float | None:
+        """Seconds left for ``work_total``, at the current rate; None while unknown."""
+        rate = self.per_second()
+        return None if rate is None or work_total is None else max(0.0, work_total - work) / rate
+
+
+def record(event: Event, job: str | None = None) -> dict:
+    """One event as its --log-json object (docs/cli.md): every event of a kind has the same fields.
+
+    ``input`` is the input the event is about: the running job's (``job``) for the model's own events.
+    """
+    out = {"event": event.kind, "time": round(time.time(), 3), "input": event.path or job, "message": event.message}
+    if event.kind == "start":
+        out.update(total=event.total)
+    elif event.kind == "progress":
+        out.update(done=event.done, total=event.total)
+    elif event.kind == "stage":
+        out.update(clip=None, clips=None, frames=None)
+    elif event.kind == "done":
+        out.update(frames=event.done)
+    elif event.kind == "download":  # the hub names the file in ``message``
+        out.update(message=f"downloading {event.message}", file=event.message, done_bytes=event.done, total_bytes=event.total)
+    return {**out, **event.data}
+
+
 class Reporter:
     """Renders library events: Rich progress on stderr, or JSON lines on stdout with --log-json."""
 
@@ -105,6 +155,9 @@ class Reporter:
         self.task = None
         self.task_name = None
         self.job: Event | None = None  # the running job's start event
+        self.rate = Rate()
+        self.stage = ""  # what the job is doing, for the bar
+        self.clip_start = (0.0, 1)  # work done when the current clip began, and its frames
         self.stdout_open = True  # False once a --log-json reader has gone (`| head -1`)
 
     def __call__(self, event: Event) -> None:
@@ -112,9 +165,17 @@ class Reporter:
             self.render(event)
 
     def render(self, event: Event) -> None:
+        if event.kind == "stage" and event.data.get("stage") == "sample" and not self.rate.samples:
+            self.rate.add(0.0)  # the clock of the rate starts with the work, not with the model's loading
+        if event.kind == "progress":
+            self.rate.add(event.data.get("work") or float(event.done))
+        elif event.kind == "start":
+            self.job, self.rate, self.stage = event, Rate(), ""
+        elif event.kind in ("done", "error") and self.job is not None and event.path == self.job.path:
+            self.job = None  # the job is over: later events (the next input's checks) are not its
         if self.log_json:
-            record = {"event": event.kind, "path": event.path, "message": event.message, "done": event.done, "total": event.total}
-            self.json_line({**record, **event.data, "time": round(time.time(), 3)})
+            extra = {"fps": self.fps(event), "eta_seconds": self.eta(event)} if event.kind == "progress" else {}
+            self.json_line({**record(event, self.job.path if self.job else None), **extra})
         if event.kind == "error":  # on stderr under --log-json too: a reader may have gone, a person may look
             self.stop()
             self.err.print(f"vsrup: error: {one_line(event.message)}", markup=False, highlight=False, soft_wrap=True)
@@ -130,13 +191,48 @@ class Reporter:
             self.start(event)
         elif event.kind == "download" and self.err.is_terminal:
             self.download(event)
+        elif event.kind == "stage":
+            self.stage = event.message
+            if event.data.get("stage") == "sample":
+                self.clip_start = (self.rate.samples[-1][1] if self.rate.samples else 0.0, event.data.get("frames") or 1)
+            self.refresh(event)
         elif event.kind == "progress" and self.progress is not None:
-            fps = event.done / max(time.monotonic() - self.started, 1e-9)
-            self.progress.update(self.task, completed=event.done, total=event.total, fps=f"{fps:.2f} fps")
+            self.refresh(event)
         elif event.kind == "done":
             self.stop()
-            self.job = None
-            self.line(f"vsrup: wrote {event.message} ({event.done} frames in {event.data.get('seconds', 0):.1f} s)")
+            self.line(f"vsrup: wrote {event.data.get('output', '')} ({event.done} frames in {event.data.get('seconds', 0):.1f} s)")
+
+    def fps(self, event: Event) -> float | None:
+        """Output frames per second: the work rate, less the frames that overlapping clips sample twice."""
+        rate = self.rate.per_second()
+        if rate is None:
+            return None
+        work_total = event.data.get("work_total")
+        return round(rate * (event.total / work_total if event.total and work_total else 1.0), 3)
+
+    def eta(self, event: Event) -> float | None:
+        work_total = event.data.get("work_total") or event.total
+        left = self.rate.eta(event.data.get("work", float(event.done)), work_total)
+        return None if left is None else round(left, 1)
+
+    def refresh(self, event: Event) -> None:
+        """The bar: frames written (an estimated total with ~), the stage (with the clip's share done), fps, ETA."""
+        if self.progress is None:
+            return
+        stage = self.stage
+        if event.kind == "progress":
+            estimated = "~" if event.data.get("total_estimated") else ""
+            fps, eta = self.fps(event), self.eta(event)
+            start, frames = self.clip_start
+            if stage.startswith("sampling clip") and "work" in event.data:
+                stage += f" {min(1.0, max(0.0, (event.data['work'] - start) / frames)):.0%}"
+            self.progress.update(
+                self.task, completed=event.done, total=event.total,
+                count=f"{event.done}/{estimated}{event.total}" if event.total else f"{event.done}",
+                fps="" if fps is None else f"{fps:.2f} fps",
+                eta="-:--:--" if eta is None else str(timedelta(seconds=round(eta))),
+            )
+        self.progress.update(self.task, stage=stage)
 
     def line(self, text: str) -> None:
         (self.progress.console if self.progress else self.err).print(one_line(text), markup=False, highlight=False, soft_wrap=True)
@@ -153,25 +249,28 @@ class Reporter:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     def start(self, event: Event) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.stop()
         self.progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
+            BarColumn(bar_width=20),
+            TextColumn("{task.fields[count]}"),
+            TextColumn("{task.fields[stage]}"),
             TextColumn("{task.fields[fps]}"),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TextColumn("ETA {task.fields[eta]}"),
             console=self.err,
             transient=True,
         )
         self.progress.start()
-        self.task = self.progress.add_task(Path(event.path).name, total=event.total, fps="")
+        estimated = "~" if event.data.get("total_estimated") else ""
+        self.task = self.progress.add_task(
+            Path(event.path).name, total=event.total, count=f"0/{estimated}{event.total}" if event.total else "0",
+            stage=self.stage, fps="", eta="-:--:--",
+        )
         self.task_name = event.path
         self.job = event
-        self.started = time.monotonic()
 
     def download(self, event: Event) -> None:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -196,18 +295,25 @@ class Reporter:
             self.progress.stop()
             self.progress = None
 
-    def summary(self, results) -> None:
+    def summary(self, results, seconds: float) -> None:
         """The batch's counts; not with --quiet (errors only: each failure already had its error line)."""
         if len(results) < 2 or (self.quiet and not self.log_json):
             return
+        from vsrup.pipeline import exit_code
+
         counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+        text = f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
+        failed = [r for r in results if r.status == "failed"]
         if self.log_json:
-            self.json_line({"event": "summary", **counts, "failed_inputs": [str(r.job.source) for r in results if r.status == "failed"]})
+            self.json_line({
+                "event": "summary", "time": round(time.time(), 3), "input": None, "message": text, **counts,
+                "failed_inputs": [{"input": str(r.job.source), "exit_code": r.error.exit_code} for r in failed],
+                "seconds": round(seconds, 3), "exit_code": exit_code(results),
+            })
             return
-        self.err.print(f"vsrup: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed", markup=False, highlight=False)
-        for r in results:
-            if r.status == "failed":
-                self.err.print(one_line(f"  failed: {r.job.source}: exit {r.error.exit_code}"), markup=False, highlight=False)
+        self.err.print(f"vsrup: {text}", markup=False, highlight=False)
+        for r in failed:
+            self.err.print(one_line(f"  failed: {r.job.source}: exit {r.error.exit_code}"), markup=False, highlight=False)
 
 
 # ---------------------------------------------------------------- commands
@@ -453,9 +559,10 @@ def upscale(
     from vsrup.pipeline import exit_code, upscale as run
 
     report = Reporter(quiet=quiet, log_json=log_json)
+    started = time.monotonic()
     with reporting(report):
         results = run([Path(p) for p in paths[:-1]], paths[-1], config, fmt=format, emit=report)  # the output as typed: a trailing / means a directory
-    report.summary(results)
+    report.summary(results, time.monotonic() - started)
     raise typer.Exit(exit_code(results))
 
 
@@ -562,14 +669,15 @@ class reporting:
         return self
 
     def __exit__(self, kind, error, tb):
-        self.report.stop()
+        with self.report.lock:  # not while another thread draws the bar
+            self.report.stop()
         if kind is None:
             return False
         if issubclass(kind, KeyboardInterrupt):
-            self.report(Event("error", message="interrupted"))
+            self.report(Event("error", message="interrupted", data={"exit_code": EXIT_SIGINT}))
             raise typer.Exit(EXIT_SIGINT)
         if issubclass(kind, VsrupError):
-            self.report(Event("error", message=str(error)))
+            self.report(Event("error", message=str(error), data={"exit_code": error.exit_code}))
             raise typer.Exit(error.exit_code)
         return False
 
@@ -610,7 +718,10 @@ def main(argv: list[str] | None = None) -> None:
             print(e.format_message(), file=sys.stderr)
             sys.exit(EXIT_USAGE)
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # a usage error from (Typer's) click
-            print(f"vsrup: error: {one_line(e.format_message())} (see --help)", file=sys.stderr)
+            message = f"{one_line(e.format_message())} (see --help)"
+            if "--log-json" in (sys.argv[1:] if argv is None else argv):  # scripts read every error from stdout
+                print(json.dumps({"event": "error", "time": round(time.time(), 3), "input": None, "message": message, "exit_code": e.exit_code}))
+            print(f"vsrup: error: {message}", file=sys.stderr)
             sys.exit(e.exit_code)
         if os.environ.get("VSRUP_DEBUG"):  # a bug: still one line, unless asked for the traceback
             raise

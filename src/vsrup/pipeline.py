@@ -24,6 +24,7 @@ from vsrup.events import Emit, Event, ignore
 from vsrup.models import Model, Window
 from vsrup.models.registry import Choice, choose
 from vsrup.outputs import atomic_output, check_output, release_signals
+from vsrup.progress import Tracker
 from vsrup.resize import lanczos_resize
 from vsrup.runner import Flows, ModelRunner
 from vsrup.threads import Ahead, Behind
@@ -97,7 +98,7 @@ def upscale(inputs: Sequence[Path], output: Path | str, config: UpscaleConfig, *
     for job in jobs:
         release_signals()  # a signal held during the last job's commit stops the batch here
         if job.target.exists() and config.skip_existing:
-            emit(Event("skipped", path=str(job.source), message=f"{job.target} exists"))
+            emit(Event("skipped", path=str(job.source), message=f"{job.target} exists", data={"output": str(job.target)}))
             results.append(Result(job, "skipped"))
             continue
         results.append(run_job(lambda: upscale_video(job, model, config, emit), job, emit))
@@ -116,10 +117,10 @@ def run_job(work: Callable[[], int], job: Job, emit: Emit) -> Result:
             if os.environ.get("VSRUP_DEBUG"):
                 raise
             e = VsrupError(f"{job.source}: internal error: {type(e).__name__}: {e} (VSRUP_DEBUG=1 shows the traceback)")
-        emit(Event("error", path=str(job.source), message=str(e)))
+        emit(Event("error", path=str(job.source), message=str(e), data={"exit_code": e.exit_code}))
         return Result(job, "failed", seconds=time.monotonic() - started, error=e)
     seconds = time.monotonic() - started
-    emit(Event("done", path=str(job.source), message=str(job.target), done=frames, data={"seconds": round(seconds, 3)}))
+    emit(Event("done", path=str(job.source), message=f"wrote {job.target}", done=frames, data={"output": str(job.target), "seconds": round(seconds, 3)}))
     return Result(job, "done", frames, seconds)
 
 
@@ -160,22 +161,29 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
         check_length(info)
     first, stop = frame_span(config, info.video.frames)
     total = None if stop is None else stop - first
+    length = info.video.duration or info.duration
     span = TimeSpan(config.times, info.video) if config.times is not None else None
     if span is not None:
-        length = info.video.duration or info.duration
         if length is not None and span.start >= length:
             raise UsageError(f"--start {span.start:g} s is past the end of the input ({length:g} s)")
-        first, stop, total = 0, None, span.frames_estimate(info.video)
+        first, stop, total = 0, None, None
+    # The frames to expect: exact where the container counts them, else duration x rate, said to be an estimate.
+    expected = total if total is not None else span.frames_estimate(info.video) if span is not None else frames_estimate(info.video, length, first)
+    estimated = total is None and expected is not None
     width, height = output_size(config, info.video.width, info.video.height, str(job.source), emit)
     path = str(job.source)
-    emit(Event("start", path=path, message=str(job.target), total=total, data={"size": [width, height]}))
+    emit(Event("start", path=path, message=f"upscaling to {job.target}", total=expected,
+               data={"output": str(job.target), "total_estimated": estimated, "width": width, "height": height}))
     written = 0
     with atomic_output(job.target, overwrite=config.overwrite, emit=emit) as partial:
         # 3. Open the output: streams are planned (trial mux) before the long work starts.
         trim = config.frames is not None or span is not None
         with VideoWriter(partial, info, config.encode, (width, height), trim=trim, emit=emit) as writer:
             # 4. Load the model (once per batch), then stream: decode -> clips -> upscale -> blend -> encode.
+            if model.model is None:
+                emit(Event("stage", path=path, message="loading the model", data={"stage": "load"}))
             upscaler = model.get()
+            tracker = Tracker(path, expected, estimated=estimated, window=clip_shape(upscaler, config)[0], overlap=clip_shape(upscaler, config)[1], emit=emit)
             # Decoding runs a clip ahead and encoding a clip behind, each in its own thread; the frames must fit.
             in_px = info.video.width * info.video.height
             ahead, behind = queue_depth(in_px), queue_depth(width * height)
@@ -192,11 +200,13 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
 
             frames = counted(decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit))
             wanted = span.wanted if span is not None else in_span(first, stop)
+            tracker.stage("decode", "decoding the first frames")
             with Ahead(frames, ahead, "vsrup-decode") as decoded, Behind(writer.write, behind, "vsrup-encode") as encode:
-                for frame, image in upscale_frames(decoded, upscaler, config, wanted, stop, total=total, emit=emit):
+                for frame, image in upscale_frames(decoded, upscaler, config, wanted, stop, total=expected, emit=emit, tracker=tracker):
                     encode.submit(image, frame.pts)
                     written += 1
-                    emit(Event("progress", path=path, done=written, total=total))
+                    tracker.frames(written)
+                tracker.stage("finish", "encoding the last frames")
                 encode.finish()
             if written == 0 and seen and span is not None:
                 raise UsageError(f"--start {config.times[0]:g} s is past the end of the input ({span.last:g} s, {seen} frames)")
@@ -212,6 +222,13 @@ def to_the_end(config: UpscaleConfig) -> bool:
     if config.times is not None:
         return config.times[1] is None
     return config.frames is None or config.frames[1] is None
+
+
+def frames_estimate(video, length: float | None, first: int) -> int | None:
+    """Frames from ``first`` on, from the duration and the nominal rate, where the container counts none."""
+    if length is None or not video.rate:
+        return None
+    return max(0, round(length * video.rate) - first)
 
 
 MAX_FACTOR = 8  # the output may be at most this many times the input per side (cli.RANGES["scale"])
@@ -321,14 +338,16 @@ def upscale_frames(
     *,
     total: int | None = None,
     emit: Emit = ignore,
+    tracker: Tracker | None = None,
 ) -> Iterator[tuple[Indexed, np.ndarray]]:
     """The streaming core: yield (input frame, output image (H, W, 3) float32) for every wanted frame, in order.
 
     A clip is sampled only if it holds a wanted frame; every frame's result depends only on the
     clips that contain it, so a partial run gives the frames of a whole run exactly. ``total``
-    (frames of the job, when known) is for the CPU time estimate.
+    (frames of the job, when known or estimated) is for the CPU time estimate; ``tracker`` hears of
+    each window and of the model's progress inside it.
     """
-    runner = ModelRunner(model, config, total, emit)
+    runner = ModelRunner(model, config, total, emit, tracker)
     with Flows(model, config.sample.flow) as flows:
         if model.info.kind == "sequential":
             yield from stream_sequence(frames, model, runner, flows, config, wanted, stop)
@@ -364,6 +383,8 @@ def stream_clips(frames, model, runner: ModelRunner, flows: Flows, config: Upsca
         if following is not None:  # its flow is estimated while this clip samples
             flows.prefetch(following[1], tuple(following[0].indices))
         pending.update((f.index, f) for f in clip.frames)
+        if not flows.ready(tuple(clip.indices)):
+            runner.tracker.stage("flow", f"estimating the optical flow of clip {runner.windows + 1}")
         window = Window(lowres, tuple(clip.indices), flows.get(lowres, tuple(clip.indices)))
         outputs = runner.run(window, lambda plan, progress: model.sample(window, plan, progress))  # (T, H, W, 3)
         yield from final(fade.push(clip, outputs))
@@ -431,8 +452,8 @@ def _upscale_folder(job: Job, choice: Choice, config: UpscaleConfig, emit: Emit)
         raise UsageError(f"{clash}: output exists; pass --overwrite to replace or --skip-existing to resume")
     todo = {i for i, e in enumerate(exists) if config.overwrite or not e}
     for i in sorted(set(range(len(paths))) - todo):
-        emit(Event("skipped", path=str(paths[i]), message=f"{targets[i]} exists"))
-    emit(Event("start", path=str(job.source), message=str(job.target), total=len(todo)))
+        emit(Event("skipped", path=str(paths[i]), message=f"{targets[i]} exists", data={"output": str(targets[i])}))
+    emit(Event("start", path=str(job.source), message=f"upscaling to {job.target}", total=len(todo), data={"output": str(job.target), "total_estimated": False}))
     if not todo:
         return 0
     try:
@@ -445,6 +466,7 @@ def _upscale_folder(job: Job, choice: Choice, config: UpscaleConfig, emit: Emit)
             image = read_image(path, emit if i in todo else ignore)  # skipped images are read for the clip plan only
             yield FolderItem(i, image.rgb, image, targets[i])
 
+    emit(Event("stage", path=str(job.source), message="loading the model", data={"stage": "load"}))
     upscaler = choice.load(config, emit)
 
     def write(item: FolderItem, rgb: np.ndarray) -> None:
@@ -459,11 +481,14 @@ def _upscale_folder(job: Job, choice: Choice, config: UpscaleConfig, emit: Emit)
     out_w, out_h = output_size(config, first.shape[1], first.shape[0], str(paths[min(todo)]), emit)
     ahead, behind = queue_depth(in_px), queue_depth(out_w * out_h)
     check_frames_fit(upscaler, config, in_px, out_w * out_h, ahead, behind, 0.0, str(job.source), emit)
+    window, overlap = clip_shape(upscaler, config)
+    tracker = Tracker(str(job.source), len(todo), window=window, overlap=overlap, emit=emit)
     with Ahead(items(), ahead, "vsrup-read") as read, Behind(write, behind, "vsrup-write") as save:
-        for item, rgb in upscale_frames(read, upscaler, config, todo.__contains__, total=len(todo), emit=emit):
+        for item, rgb in upscale_frames(read, upscaler, config, todo.__contains__, total=len(todo), emit=emit, tracker=tracker):
             save.submit(item, rgb)
             written += 1
-            emit(Event("progress", path=str(job.source), done=written, total=len(todo)))
+            tracker.frames(written)
+        tracker.stage("finish", "writing the last images")
         save.finish()
     return written
 
