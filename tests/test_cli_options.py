@@ -134,7 +134,7 @@ def test_help_is_grouped_shows_choices_and_ranges_and_fits_80_columns():
     assert "Usage: vsrup upscale [OPTIONS] INPUT... OUTPUT" in text and "{" not in text and "<list" not in text
     for panel in ("Input and output", "Model and sampling", "Temporal consistency", "Tiles and memory", "Encoding", "Batch and logging"):
         assert f"─ {panel} ─" in text, panel
-    assert "<copy|aac|none>" in text and "<ddim|ddpm|dpm++" in text and "[0<=x<=63]" in text and "[1.0<=x<=8.0]" in text
+    assert "copy|aac|none" in text and "ddim|ddpm|dpm++" in text and "2m|unipc|euler" in text and "[0<=x<=63]" in text and "[1.0<=x<=8.0]" in text
     assert "ultrafast" in text and "yuv420p10le" in text and "libvpx-vp9" in text  # --preset, --pix-fmt, --codec name their values
     frames = help_text("frames")
     assert max(map(len, frames.splitlines())) <= 80 and "Usage: vsrup frames [OPTIONS] IN_DIR OUT_DIR" in frames

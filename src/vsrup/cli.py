@@ -349,6 +349,11 @@ def ranged(name: str, *decls: str, **option):
     return typer.Option(*decls, min=low, max=high, **option)
 
 
+def choices(kind) -> str:
+    """A Literal's values as a metavar: copy|aac|none."""
+    return "|".join(get_args(kind))
+
+
 Audio = Literal["copy", "aac", "none"]
 Deinterlace = Literal["auto", "on", "off"]
 Dtype = Literal["auto", "fp32", "fp16", "bf16"]
@@ -358,50 +363,50 @@ FlowMethod = Literal["dis", "raft"]
 assert {get_args(t) for t in (Audio, Deinterlace, Dtype, Scheduler, FlowMethod)} == {AUDIO_MODES, DEINTERLACE_MODES, DTYPES, SCHEDULERS, FLOW_METHODS}
 assert set(get_args(ColorFix)) == set(COLOR_FIXES)
 
-ScaleOpt = Annotated[Optional[float], ranged("scale", "--scale", "-s", help="Output size as a factor of the input's, e.g. 2 or 3.5; sizes from a fraction are rounded to even numbers. Made from the model's own x4, resized with antialiased Lanczos. Default 4.", rich_help_panel=IO)]
-WidthOpt = Annotated[Optional[int], ranged("width", help="Output width in pixels; the height follows the aspect ratio (rounded to even) unless --height is given too.", rich_help_panel=IO)]
-HeightOpt = Annotated[Optional[int], ranged("height", help="Output height in pixels; the width follows the aspect ratio (rounded to even) unless --width is given too.", rich_help_panel=IO)]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="sd-x4 (Stability AI's x4 upscaler), stablevsr (StableVSR, ECCV 2024), lanczos (non-neural preview), a Hub repo id (owner/name) or a local diffusers folder.", rich_help_panel=MODEL)]
-RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision to pin (branch, tag or commit).", rich_help_panel=MODEL)]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL)]
-DtypeOpt = Annotated[Dtype, typer.Option(help="auto: bf16 on CUDA where supported, else fp16; fp32 on CPU.", rich_help_panel=MODEL)]
+ScaleOpt = Annotated[Optional[float], ranged("scale", "--scale", "-s", metavar="X", help="Output size as a factor of the input's, e.g. 2 or 3.5; sizes from a fraction are rounded to even numbers. Made from the model's own x4, resized with antialiased Lanczos. Default 4.", rich_help_panel=IO)]
+WidthOpt = Annotated[Optional[int], ranged("width", metavar="PX", help="Output width in pixels; the height follows the aspect ratio (rounded to even) unless --height is given too.", rich_help_panel=IO)]
+HeightOpt = Annotated[Optional[int], ranged("height", metavar="PX", help="Output height in pixels; the width follows the aspect ratio (rounded to even) unless --width is given too.", rich_help_panel=IO)]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="sd-x4 (Stability AI's x4 upscaler), stablevsr (StableVSR, ECCV 2024), lanczos (non-neural preview), a Hub repo id (owner/name) or a local diffusers folder.", rich_help_panel=MODEL)]
+RevisionOpt = Annotated[Optional[str], typer.Option(metavar="REV", help="Hub revision to pin (branch, tag or commit).", rich_help_panel=MODEL)]
+DeviceOpt = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL)]
+DtypeOpt = Annotated[Dtype, typer.Option(metavar=choices(Dtype), help="auto: bf16 on CUDA where supported, else fp16; fp32 on CPU.", rich_help_panel=MODEL)]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the networks: the first clip waits while they compile (minutes); needs a C++ compiler on the CPU.", rich_help_panel=MODEL)]
-StepsOpt = Annotated[Optional[int], ranged("steps", help="Denoising steps (sd-x4: 30, stablevsr: 50).", rich_help_panel=MODEL)]
-GuidanceOpt = Annotated[Optional[float], ranged("guidance", help="Classifier-free guidance scale; <= 1 disables it and halves the cost (sd-x4: 6.0; not for stablevsr).", rich_help_panel=MODEL)]
-PromptOpt = Annotated[Optional[str], typer.Option(help="Text prompt (sd-x4: \"best quality, extremely detailed\"; not for stablevsr).", rich_help_panel=MODEL)]
-NegOpt = Annotated[Optional[str], typer.Option(help="Negative prompt, used when --guidance > 1 (sd-x4: \"blur, worst quality\").", rich_help_panel=MODEL)]
-NoiseOpt = Annotated[Optional[int], ranged("noise_level", help="Noise augmentation of the low-resolution input (sd-x4: 20; not for stablevsr).", rich_help_panel=MODEL)]
-SchedOpt = Annotated[Optional[Scheduler], typer.Option(help="Scheduler (sd-x4: ddim; stablevsr: ddpm only).", rich_help_panel=MODEL)]
-SeedOpt = Annotated[int, typer.Option(help="Seed, 0..2^63-1; frame i uses seed + i.", rich_help_panel=MODEL)]
-ColorOpt = Annotated[ColorFix, typer.Option(help="Match colours to the input: wavelet (low frequencies from the input), adain (mean and std), none.", rich_help_panel=MODEL)]
-FlowOpt = Annotated[FlowMethod, typer.Option(help="Optical flow: dis (OpenCV) or raft (needs torchvision).", rich_help_panel=TEMPORAL)]
-MotionOpt = Annotated[Optional[float], ranged("motion_guidance", help="Motion guidance: the fraction of frame-to-frame flicker removed per tenth of the schedule; 0 disables (sd-x4: 0.75; not for stablevsr).", rich_help_panel=TEMPORAL)]
+StepsOpt = Annotated[Optional[int], ranged("steps", metavar="N", help="Denoising steps (sd-x4: 30, stablevsr: 50).", rich_help_panel=MODEL)]
+GuidanceOpt = Annotated[Optional[float], ranged("guidance", metavar="X", help="Classifier-free guidance scale; <= 1 disables it and halves the cost (sd-x4: 6.0; not for stablevsr).", rich_help_panel=MODEL)]
+PromptOpt = Annotated[Optional[str], typer.Option(metavar="TEXT", help="Text prompt (sd-x4: \"best quality, extremely detailed\"; not for stablevsr).", rich_help_panel=MODEL)]
+NegOpt = Annotated[Optional[str], typer.Option(metavar="TEXT", help="Negative prompt, used when --guidance > 1 (sd-x4: \"blur, worst quality\").", rich_help_panel=MODEL)]
+NoiseOpt = Annotated[Optional[int], ranged("noise_level", metavar="N", help="Noise augmentation of the low-resolution input (sd-x4: 20; not for stablevsr).", rich_help_panel=MODEL)]
+SchedOpt = Annotated[Optional[Scheduler], typer.Option(metavar=choices(Scheduler), help="Scheduler (sd-x4: ddim; stablevsr: ddpm only).", rich_help_panel=MODEL)]
+SeedOpt = Annotated[int, typer.Option(metavar="N", help="Seed, 0..2^63-1; frame i uses seed + i.", rich_help_panel=MODEL)]
+ColorOpt = Annotated[ColorFix, typer.Option(metavar=choices(ColorFix), help="Match colours to the input: wavelet (low frequencies from the input), adain (mean and std), none.", rich_help_panel=MODEL)]
+FlowOpt = Annotated[FlowMethod, typer.Option(metavar=choices(FlowMethod), help="Optical flow: dis (OpenCV) or raft (needs torchvision).", rich_help_panel=TEMPORAL)]
+MotionOpt = Annotated[Optional[float], ranged("motion_guidance", metavar="X", help="Motion guidance: the fraction of frame-to-frame flicker removed per tenth of the schedule; 0 disables (sd-x4: 0.75; not for stablevsr).", rich_help_panel=TEMPORAL)]
 WindowOpt = Annotated[Optional[str], typer.Option(metavar="START:END", help="Where motion guidance acts, as fractions of the schedule (sd-x4: 0.0:0.9).", rich_help_panel=TEMPORAL)]
 PropOpt = Annotated[Optional[str], typer.Option(metavar="I,J,...", help="Loop indices where latents are propagated along the flow, e.g. 24,26,28 (sd-x4: none).", rich_help_panel=TEMPORAL)]
-ClipLenOpt = Annotated[int, ranged("clip_len", help="Frames sampled together.", rich_help_panel=TEMPORAL)]
-ClipOverlapOpt = Annotated[int, ranged("clip_overlap", help="Frames shared and cross-faded by neighbouring clips, below --clip-len.", rich_help_panel=TEMPORAL)]
-SceneOpt = Annotated[float, ranged("scene_threshold", help="Scene-cut threshold (how much layout and colours change between frames); 0 disables.", rich_help_panel=TEMPORAL)]
+ClipLenOpt = Annotated[int, ranged("clip_len", metavar="N", help="Frames sampled together.", rich_help_panel=TEMPORAL)]
+ClipOverlapOpt = Annotated[int, ranged("clip_overlap", metavar="N", help="Frames shared and cross-faded by neighbouring clips, below --clip-len.", rich_help_panel=TEMPORAL)]
+SceneOpt = Annotated[float, ranged("scene_threshold", metavar="X", help="Scene-cut threshold (how much layout and colours change between frames); 0 disables.", rich_help_panel=TEMPORAL)]
 TileOpt = Annotated[str, typer.Option(metavar="auto|0|N", help="Latent tile size: auto (from free memory), 0 (no tiling) or N latent pixels (a multiple of 8, at least 16).", rich_help_panel=TILES)]
-OverlapOpt = Annotated[Optional[int], ranged("tile_overlap", help="Overlap of neighbouring tiles in latent pixels, below the tile (default 32, a quarter of a smaller tile).", rich_help_panel=TILES)]
-BatchOpt = Annotated[Optional[int], ranged("batch", help="Tiles per UNet call (default: from free memory).", rich_help_panel=TILES)]
+OverlapOpt = Annotated[Optional[int], ranged("tile_overlap", metavar="N", help="Overlap of neighbouring tiles in latent pixels, below the tile (default 32, a quarter of a smaller tile).", rich_help_panel=TILES)]
+BatchOpt = Annotated[Optional[int], ranged("batch", metavar="N", help="Tiles per UNet call (default: from free memory).", rich_help_panel=TILES)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.", rich_help_panel=BATCH)]
 SkipOpt = Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs alone (resume a batch).", rich_help_panel=BATCH)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.", rich_help_panel=BATCH)]
 JsonLogOpt = Annotated[bool, typer.Option("--log-json", help="One JSON object per line on stdout (schema: docs/cli.md).", rich_help_panel=BATCH)]
-CodecOpt = Annotated[Optional[str], typer.Option(help="Video encoder: libx264 (default for 8-bit), libx265 (default above 8-bit), libvpx-vp9 (default for WebM), libsvtav1, or any FFmpeg video encoder.", rich_help_panel=ENC)]
-CrfOpt = Annotated[Optional[int], ranged("crf", help="Constant rate factor within the encoder's range: x264/x265 0..51, VP9 and SVT-AV1 0..63 (encoder default when unset; VP9: 31).", rich_help_panel=ENC)]
-PresetOpt = Annotated[Optional[str], typer.Option(help="Speed preset: ultrafast, superfast, veryfast, faster, fast, medium, slow, slower, veryslow, placebo (x264, x265; VP9 maps them onto cpu-used, default fast) or 0..13 (SVT-AV1).", rich_help_panel=ENC)]
-PixFmtOpt = Annotated[Optional[str], typer.Option(help="Output pixel format, e.g. yuv420p, yuv420p10le, yuv444p (default: the input's depth and chroma).", rich_help_panel=ENC)]
+CodecOpt = Annotated[Optional[str], typer.Option(metavar="NAME", help="Video encoder: libx264 (default for 8-bit), libx265 (default above 8-bit), libvpx-vp9 (default for WebM), libsvtav1, or any FFmpeg video encoder.", rich_help_panel=ENC)]
+CrfOpt = Annotated[Optional[int], ranged("crf", metavar="N", help="Constant rate factor within the encoder's range: x264/x265 0..51, VP9 and SVT-AV1 0..63 (encoder default when unset; VP9: 31).", rich_help_panel=ENC)]
+PresetOpt = Annotated[Optional[str], typer.Option(metavar="NAME", help="Speed preset: ultrafast, superfast, veryfast, faster, fast, medium, slow, slower, veryslow, placebo (x264, x265; VP9 maps them onto cpu-used, default fast) or 0..13 (SVT-AV1).", rich_help_panel=ENC)]
+PixFmtOpt = Annotated[Optional[str], typer.Option(metavar="FMT", help="Output pixel format, e.g. yuv420p, yuv420p10le, yuv444p (default: the input's depth and chroma).", rich_help_panel=ENC)]
 EncoderOpt = Annotated[Optional[list[str]], typer.Option("--encoder-opt", "-e", metavar="KEY=VALUE", help="An FFmpeg option of the encoder, repeatable: tune=film, profile=high, level=4.1, maxrate=8M, bufsize=16M, x264-params=..., applied last.", rich_help_panel=ENC)]
-ThreadsOpt = Annotated[int, ranged("threads", help="Encoder threads; 0 lets FFmpeg choose. Pin it for bit-identical re-runs across machines.", rich_help_panel=ENC)]
-FaststartOpt = Annotated[bool, typer.Option("--faststart/--no-faststart", help="mp4/mov: the index at the front, so web players start at once.", rich_help_panel=ENC)]
-AudioOpt = Annotated[Audio, typer.Option(help="copy (re-encoded, with a warning, where the container refuses), aac or none.", rich_help_panel=ENC)]
-FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Output container for a directory of outputs, e.g. mkv (default: each input's).", rich_help_panel=IO)]
+ThreadsOpt = Annotated[int, ranged("threads", metavar="N", help="Encoder threads; 0 lets FFmpeg choose. Pin it for bit-identical re-runs across machines.", rich_help_panel=ENC)]
+NoFaststartOpt = Annotated[bool, typer.Option("--no-faststart", help="mp4/mov: leave the index at the end (by default it goes to the front, so web players start at once).", rich_help_panel=ENC)]
+AudioOpt = Annotated[Audio, typer.Option(metavar=choices(Audio), help="copy (re-encoded, with a warning, where the container refuses), aac or none.", rich_help_panel=ENC)]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", metavar="EXT", help="Output container for a directory of outputs, e.g. mkv (default: each input's).", rich_help_panel=IO)]
 FramesOpt = Annotated[Optional[str], typer.Option(metavar="START:END", help="Only these frames (0-based, END exclusive).", rich_help_panel=IO)]
 StartOpt = Annotated[Optional[str], typer.Option(metavar="TIME", help="Start at this time, in seconds or HH:MM:SS.ms (ffmpeg -ss).", rich_help_panel=IO)]
 EndOpt = Annotated[Optional[str], typer.Option(metavar="TIME", help="Stop before this time (ffmpeg -to).", rich_help_panel=IO)]
 DurationOpt = Annotated[Optional[str], typer.Option(metavar="TIME", help="Stop after this long (ffmpeg -t).", rich_help_panel=IO)]
-DeinterlaceOpt = Annotated[Deinterlace, typer.Option(help="auto: when the decoder flags interlaced frames.", rich_help_panel=IO)]
+DeinterlaceOpt = Annotated[Deinterlace, typer.Option(metavar=choices(Deinterlace), help="auto: when the decoder flags interlaced frames.", rich_help_panel=IO)]
 PartialOpt = Annotated[bool, typer.Option("--allow-partial", help="Corrupt or truncated input: write what decodes, with a warning, instead of failing.", rich_help_panel=IO)]
 
 
@@ -454,6 +459,8 @@ def job_config(o: dict) -> UpscaleConfig:
         del sample["tile_overlap"]
     encode = {f.name: o[f.name] for f in fields(EncodeConfig) if f.name in o}
     encode["options"] = tuple(parse_encoder_opt(text) for text in o.get("encoder_opt") or ())
+    if "no_faststart" in o:
+        encode["faststart"] = not o["no_faststart"]
     top = {f.name: o[f.name] for f in fields(UpscaleConfig) if f.name in o and f.name not in ("frames", "times", "encode", "sample", "scale")}
     if o["scale"] is not None:
         top["scale"] = o["scale"]
@@ -545,7 +552,7 @@ def upscale(
     pix_fmt: PixFmtOpt = None,
     encoder_opt: EncoderOpt = None,
     threads: ThreadsOpt = E.threads,
-    faststart: FaststartOpt = E.faststart,
+    no_faststart: NoFaststartOpt = not E.faststart,
     audio: AudioOpt = E.audio,
     overwrite: OverwriteOpt = False,
     skip_existing: SkipOpt = False,
