@@ -8,8 +8,9 @@ For each encoder vsrup picks by default (libx264 for 8-bit input, libx265 above 
 media/encode.py ``encoder_options``), flush and close included. The frames are a moving gradient with
 noise, prepared before the clock starts; ``write_fps`` includes vsrup's RGB -> Y'CbCr conversion
 (``from_rgb``, which runs in the same encode thread in a job), ``convert_s_per_frame`` is that
-conversion alone. ``--threads`` pins the encoder's threads (0: FFmpeg's choice, the default); ``cpus``
-says how many the machine had.
+conversion alone (best of three). ``--threads`` pins the encoder's threads (0: FFmpeg's choice, the
+default); ``cpus`` says how many the machine had. ``--encoder-opt KEY=VALUE`` (repeatable) times other
+settings, as vsrup's own option would apply them.
 
 An encoder is the bottleneck of a GPU job when it writes fewer frames per second than the GPU makes:
 sd-x4 at 480x854 -> 1920x3416 makes at most about 0.26 frame/s on an 800 TFLOP/s GPU (docs/benchmarks.md).
@@ -67,9 +68,9 @@ def pictures(n: int, width: int, height: int) -> list[np.ndarray]:
     return out
 
 
-def measure(codec: str, suffix: str, depth: int, size: tuple[int, int], n: int, threads: int, directory: Path) -> dict:
+def measure(codec: str, suffix: str, depth: int, size: tuple[int, int], n: int, threads: int, options: tuple, directory: Path) -> dict:
     info = probe(source(directory, suffix, depth))
-    config = EncodeConfig(threads=threads, audio="none")
+    config = EncodeConfig(threads=threads, audio="none", options=options)
     frames = pictures(n, *size)
     started = time.perf_counter()
     with VideoWriter(directory / f"out{suffix}", info, config, size) as writer:
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--encoders", default=",".join(c for c, _, _ in DEFAULTS))
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--encoder-opt", "-e", action="append", default=[], metavar="KEY=VALUE", help="as vsrup's: to time other settings")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
@@ -106,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
             if codec not in wanted:
                 continue
             for size in sizes:
-                row = measure(codec, suffix, depth, size, args.frames, args.threads, Path(tmp))
+                options = tuple(tuple(text.split("=", 1)) for text in args.encoder_opt)
+                row = measure(codec, suffix, depth, size, args.frames, args.threads, options, Path(tmp))
                 rows.append(row)
                 if not args.json:
                     print(f"{codec:11s} {row['size']:>9s} {row['pix_fmt']:12s} {row['write_fps']:6.2f} frames/s "

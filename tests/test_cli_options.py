@@ -138,3 +138,14 @@ def test_help_is_grouped_shows_choices_and_ranges_and_fits_80_columns():
     assert "ultrafast" in text and "yuv420p10le" in text and "libvpx-vp9" in text  # --preset, --pix-fmt, --codec name their values
     frames = help_text("frames")
     assert max(map(len, frames.splitlines())) <= 80 and "Usage: vsrup frames [OPTIONS] IN_DIR OUT_DIR" in frames
+
+
+def test_a_time_span_is_the_frame_span_it_holds(run_vsrup, tmp_path, clip):
+    """Times become frame indices once, from the decoded timestamps: the output is the --frames one, byte for byte."""
+    code, err = run_vsrup("upscale", clip, tmp_path / "t.mkv", "-m", "lanczos", "-s", "2", "--start", "0.04", "--end", "0.16")
+    assert code == 0, err
+    code, err = run_vsrup("upscale", clip, tmp_path / "f.mkv", "-m", "lanczos", "-s", "2", "--frames", "1:4")
+    assert code == 0, err
+    assert video_of(tmp_path / "t.mkv")[2] == video_of(tmp_path / "f.mkv")[2] and len(video_of(tmp_path / "t.mkv")[2]) == 3
+    code, err = run_vsrup("upscale", clip, tmp_path / "e.mkv", "-m", "lanczos", "--start", "0.041", "--end", "0.05")
+    assert code == 2 and "no frame starts between 0.041 s and 0.05 s" in err, err

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -159,16 +159,15 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
     info = probe(job.source)
     if not config.allow_partial and to_the_end(config):
         check_length(info)
+    length = info.video.duration or info.duration
+    if config.times is not None:  # --start/--end/--duration: the frames they hold, by index from here on
+        if length is not None and config.times[0] >= length:
+            raise UsageError(f"--start {config.times[0]:g} s is past the end of the input ({length:g} s)")
+        config = replace(config, frames=frames_in_time(info, config), times=None)
     first, stop = frame_span(config, info.video.frames)
     total = None if stop is None else stop - first
-    length = info.video.duration or info.duration
-    span = TimeSpan(config.times, info.video) if config.times is not None else None
-    if span is not None:
-        if length is not None and span.start >= length:
-            raise UsageError(f"--start {span.start:g} s is past the end of the input ({length:g} s)")
-        first, stop, total = 0, None, None
     # The frames to expect: exact where the container counts them, else duration x rate, said to be an estimate.
-    expected = total if total is not None else span.frames_estimate(info.video) if span is not None else frames_estimate(info.video, length, first)
+    expected = total if total is not None else frames_estimate(info.video, length, first)
     estimated = total is None and expected is not None
     width, height = output_size(config, info.video.width, info.video.height, str(job.source), emit)
     path = str(job.source)
@@ -177,8 +176,7 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
     written = 0
     with atomic_output(job.target, overwrite=config.overwrite, emit=emit) as partial:
         # 3. Open the output: streams are planned (trial mux) before the long work starts.
-        trim = config.frames is not None or span is not None
-        with VideoWriter(partial, info, config.encode, (width, height), trim=trim, emit=emit) as writer:
+        with VideoWriter(partial, info, config.encode, (width, height), trim=config.frames is not None, emit=emit) as writer:
             # 4. Load the model (once per batch), then stream: decode -> clips -> upscale -> blend -> encode.
             if model.model is None:
                 emit(Event("stage", path=path, message="loading the model", data={"stage": "load"}))
@@ -194,22 +192,17 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
                 nonlocal seen
                 for frame in frames:
                     seen = frame.index + 1
-                    if span is not None and not span.take(frame, clip_shape(upscaler, config)[0]):
-                        return  # every clip that holds a frame of the span is complete: decode no further
                     yield frame
 
             frames = counted(decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit))
-            wanted = span.wanted if span is not None else in_span(first, stop)
             tracker.stage("decode", "decoding the first frames")
             with Ahead(frames, ahead, "vsrup-decode") as decoded, Behind(writer.write, behind, "vsrup-encode") as encode:
-                for frame, image in upscale_frames(decoded, upscaler, config, wanted, stop, total=expected, emit=emit, tracker=tracker):
+                for frame, image in upscale_frames(decoded, upscaler, config, in_span(first, stop), stop, total=expected, emit=emit, tracker=tracker):
                     encode.submit(image, frame.pts)
                     written += 1
                     tracker.frames(written)
                 tracker.stage("finish", "encoding the last frames")
                 encode.finish()
-            if written == 0 and seen and span is not None:
-                raise UsageError(f"--start {config.times[0]:g} s is past the end of the input ({span.last:g} s, {seen} frames)")
             if written == 0 and seen > first:
                 raise InputDataError(f"{job.source}: no frames in the range {first}:{'' if stop is None else stop}")
             if written == 0 and seen:  # the container did not say how long it is (frame_span refuses this up front where it does)
@@ -246,43 +239,32 @@ def output_size(config: UpscaleConfig, width: int, height: int, what: str, emit:
     return out_w, out_h
 
 
-class TimeSpan:
-    """--start/--end/--duration: which frames fall in [start, end) seconds, counted from the first frame's time.
+def frames_in_time(info, config: UpscaleConfig) -> tuple[int, int | None]:
+    """The [first, stop) frame indices of --start/--end/--duration (``config.times``, seconds from the first
+    frame's timestamp), from the decoded frames' own timestamps: exact for variable frame rates, and the
+    index span every later step (clips, seeds, restarts) works with. Decodes up to the span's end."""
+    from contextlib import closing
 
-    Frames are judged as they decode (the decode thread calls ``take`` before a frame goes on, so
-    ``wanted`` knows every frame a clip holds); decoding stops one clip past the end, so the clips
-    around the span are the clips of a whole run.
-    """
+    from vsrup.media.decode import decode_frames
 
-    def __init__(self, times: tuple[float, float | None], video):
-        self.start, self.end = times
-        self.tb = video.time_base
-        self.origin = None  # pts of the first frame
-        self.inside: set[int] = set()
-        self.after = 0  # frames decoded past the end
-        self.last = 0.0  # time of the last frame decoded
-
-    def take(self, frame, clip_len: int) -> bool:
-        """Note ``frame``; False once frames past the end can no longer share a clip with one in the span."""
-        if self.origin is None:
-            self.origin = frame.pts
-        self.last = t = float((frame.pts - self.origin) * self.tb)
-        if self.end is not None and t >= self.end:
-            self.after += 1
-            return self.after <= clip_len
-        if t >= self.start:
-            self.inside.add(frame.index)
-        return True
-
-    def wanted(self, index: int) -> bool:
-        return index in self.inside
-
-    def frames_estimate(self, video) -> int | None:
-        """Frames in the span from the nominal rate and the duration (None without both): for the progress bar."""
-        if video.rate is None:
-            return None
-        end = self.end if self.end is not None else video.duration
-        return None if end is None else max(0, round((min(end, video.duration or end) - self.start) * video.rate))
+    start, end = config.times
+    first, origin, seen = None, None, 0
+    with closing(decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial)) as scan:
+        for frame in scan:
+            origin = frame.pts if origin is None else origin
+            t = float((frame.pts - origin) * info.video.time_base)
+            if end is not None and t >= end:
+                if first is None:
+                    raise UsageError(f"no frame starts between {start:g} s and {end:g} s")
+                return first, frame.index
+            if first is None and t >= start:
+                first = frame.index
+                if end is None:
+                    return first, None
+            seen = frame.index + 1
+    if first is None:
+        raise UsageError(f"--start {start:g} s is past the end of the input ({seen} frames)")
+    return first, None
 
 
 def queue_depth(pixels: int) -> int:
