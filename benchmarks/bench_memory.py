@@ -2,6 +2,7 @@
 
     python benchmarks/bench_memory.py                       # 300 vs 3000 frames, 320x240, lanczos x2
     python benchmarks/bench_memory.py --model tiny --size 32x24 --extra "--steps 2"   # the diffusion path, tiny random x4 model
+    python benchmarks/bench_memory.py --model tiny-stream --size 32x24 --scale 4     # the sequential path, tiny random Stream-DiffVSR
     python benchmarks/bench_memory.py --frames 24 --size 960x540 --scale 4              # the formula at 4K output
 
 Each run is a fresh process; its peak RSS comes from wait4(). The target (issue 2): the long
@@ -69,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, nargs="+", default=[300, 3000])
     parser.add_argument("--size", default="320x240", help="WxH of the input")
-    parser.add_argument("--model", default="lanczos", help="lanczos, tiny (a tiny random x4 model built here), or any --model value")
+    parser.add_argument("--model", default="lanczos", help="lanczos, tiny or tiny-stream (a tiny random x4 or Stream-DiffVSR model built here), or any --model value")
     parser.add_argument("--scale", default="2")
     parser.add_argument("--extra", default="", help="more vsrup options, quoted")
     parser.add_argument("--json", action="store_true")
@@ -78,12 +79,14 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
-        if model == "tiny":
+        if model in ("tiny", "tiny-stream"):
             sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
             from tiny_sd import build_tiny_components
+            from tiny_stream import build_tiny_stream
 
-            model = str(Path(tmp) / "tiny-x4")
-            build_tiny_components(Path(model))
+            build = build_tiny_components if model == "tiny" else build_tiny_stream
+            model = str(Path(tmp) / model / "model")
+            build(Path(model))
         for n in args.frames:
             src = Path(tmp) / f"in{n}.mp4"
             make_video(src, n, width, height)

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pipeline.py --size 32x32 --frames 4 --steps 2                  # CPU, < 1 min
     python benchmarks/bench_pipeline.py --model stablevsr --size 32x32 --frames 4 --steps 2
+    python benchmarks/bench_pipeline.py --model stream-diffvsr --size 32x32 --frames 4 --against sd-x4   # both at their defaults
     python benchmarks/bench_pipeline.py --device cuda --dtype bf16 --size 480x854 --frames 16 --steps 20 --guidance 1
     python benchmarks/bench_pipeline.py --flops-only --size 480x854 --steps 20 --guidance 1   # FLOP counts, no run
 
@@ -10,8 +11,8 @@ real UNet, ControlNet, VAE and text-encoder configs, random weights) are built o
 ``vsrup.pipeline.upscale`` runs on a generated H.264 + AAC video (``bench_memory.make_video``): probe,
 writer set-up, model construction (prompt encoding with the full-size text encoder), decode, clip
 planning, flow (``FlowWorker``), the sampler with tiles (and for sd-x4 CFG and the motion-guidance
-hook; for StableVSR the frame-wise bidirectional loop with its ControlNet and per-step decodes), tiled
-VAE decode, colour fix, cross-fade, encode and mux. Only the weight *loading* is replaced:
+hook; for StableVSR the frame-wise bidirectional loop with its ControlNet and per-step decodes; for
+Stream-DiffVSR the causal loop, its ControlNet and its tiny temporal encoder and decoder), tiled VAE decode, colour fix, cross-fade, encode and mux. Only the weight *loading* is replaced:
 ``models.loading.load_network`` returns the in-memory networks (placed channels-last by the library's
 own ``to_device``) instead of reading safetensors, and ``hub.resolve`` returns a temporary folder
 holding a tokenizer and the scheduler configs. Disk reads of the weights are therefore not in the
@@ -27,7 +28,8 @@ the functions and networks the pipeline calls:
   unet          every call of the UNet (one call per tile batch)
   controlnet    every call of the ControlNet (StableVSR)
   guidance      the step hook returned by sd_x4.temporal_hook (motion guidance / propagation)
-  vae           every decode_tiled call (one per window, or per neighbour estimate: every tile and pass of its frames)
+  vae           every decode_tiled call (one per window, or per neighbour estimate: every tile and pass of its frames);
+                Stream-DiffVSR: every tiny decode and every encode of the warped previous output
   color_fix     color.color_fix
   encode        media.encode.VideoWriter.__init__ (trial mux), .write, .close
   idle          wall time minus all of the above: clip planning, tile stacking and blending, scheduler
@@ -66,7 +68,8 @@ from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("decode", "flow", "text_encoder", "unet", "controlnet", "guidance", "vae", "color_fix", "encode", "idle")
-COMPUTE = ("unet", "controlnet", "vae", "text_encoder")  # overhead_fraction: the share of wall time outside these
+COMPUTE = ("unet", "controlnet", "vae", "text_encoder")
+MODELS = ("sd-x4", "stablevsr", "stream-diffvsr")  # overhead_fraction: the share of wall time outside these
 
 
 # --- stage timing -----------------------------------------------------------------------------
@@ -163,10 +166,13 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path, fam
     import vsrup.models.loading as loading_mod
     import vsrup.models.sd_x4 as sd
     import vsrup.models.stablevsr as svsr
+    import vsrup.models.stream_diffvsr as stream
 
-    family_mod = svsr if family == "stablevsr" else sd
+    family_mod = {"stablevsr": svsr, "stream-diffvsr": stream}.get(family, sd)
+    tiny = family == "stream-diffvsr"
     orig = dict(
-        encode=loading_mod.encode_prompts, hook=sd.temporal_hook, to_device=loading_mod.to_device, decode_tiled=family_mod.decode_tiled,
+        encode=loading_mod.encode_prompts, hook=sd.temporal_hook, to_device=loading_mod.to_device,
+        decode_tiled=None if tiny else family_mod.decode_tiled, tiny_decode=stream.decode, tiny_features=stream.previous_features,
         color_fix=color_mod.color_fix, estimate_flow=flow_mod.estimate_flow, submit=flow_mod.FlowWorker.submit,
         decode=decode_mod.decode_frames, probe=probe_mod.probe, w_init=encode_mod.VideoWriter.__init__,
         w_write=encode_mod.VideoWriter.write, w_close=encode_mod.VideoWriter.close,
@@ -177,6 +183,8 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path, fam
         network = injected[subfolder]
         if subfolder == "text_encoder":
             return network.to(device).eval()
+        if tiny and subfolder == "vae":  # its layers are run by sampling/tiny_decode: timed there, below
+            return orig["to_device"](network, device)
         return Timed(orig["to_device"](network, device), {"unet": "unet", "controlnet": "controlnet", "vae": "vae"}[subfolder], stages, record)
 
     # Timing wrappers.
@@ -195,6 +203,16 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path, fam
         record["vae"].append((tuple(latents.shape), tile, overlap, frame_statistics))
         with stages("vae", gpu=True):
             return orig["decode_tiled"](vae, latents, tile=tile, overlap=overlap, frame_statistics=frame_statistics)
+
+    def tiny_decode(tae, latents, previous, tile):
+        record["vae"].append((tuple(latents.shape), "decode", previous is not None, tile))
+        with stages("vae", gpu=True):
+            return orig["tiny_decode"](tae, latents, previous, tile)
+
+    def tiny_features(tae, image, tile):
+        record["vae"].append((tuple(image.shape), "features", True, tile))
+        with stages("vae", gpu=True):
+            return orig["tiny_features"](tae, image, tile)
 
     def temporal_hook(*args, **kwargs):
         hook = orig["hook"](*args, **kwargs)
@@ -256,7 +274,8 @@ def instrumented(stages: Stages, record: dict, injected: dict, folder: Path, fam
         mock.patch.object(family_mod, "load_network", load_network),
         mock.patch.object(loading_mod, "load_network", load_network),
         mock.patch.object(family_mod, "encode_prompts", encode_prompts),
-        mock.patch.object(family_mod, "decode_tiled", decode_tiled),
+        *((mock.patch.object(family_mod, "decode", tiny_decode), mock.patch.object(family_mod, "previous_features", tiny_features)) if tiny
+          else (mock.patch.object(family_mod, "decode_tiled", decode_tiled),)),
         mock.patch.object(sd, "temporal_hook", temporal_hook),
         mock.patch.object(color_mod, "color_fix", color_fix),
         mock.patch.object(flow_mod, "estimate_flow", estimate_flow),
@@ -351,6 +370,26 @@ class FlopCounter:
             decode_tiled(self.meta["vae"], z, tile=tile, overlap=overlap, frame_statistics=frame_statistics)
 
         return self._count(("vae", z_shape, tile, overlap, frame_statistics), run)
+
+    def tiny_call(self, shape, what: str, guided: bool, tile: int) -> int:
+        """FLOPs of Stream-DiffVSR's tiny decoder on (B, 4, h, w) latents ("decode"; ``guided``: its TPMs run,
+        with their passes over the tiles) or of its encoder's features of a (B, 3, 4h, 4w) image ("features")."""
+        import torch
+
+        from vsrup.sampling.tiny_decode import decode, previous_features
+
+        tae = self.meta["vae"]
+        b, _, h, w = shape
+        # the previous frame's features are an input of a guided decode: made here, outside the count
+        previous = previous_features(tae, torch.empty(b, 3, 4 * h, 4 * w, device="meta"), 0) if what == "decode" and guided else None
+
+        def run():
+            if what == "features":
+                previous_features(tae, torch.empty(shape, device="meta"), tile)
+            else:
+                decode(tae, torch.empty(shape, device="meta"), previous, tile)
+
+        return self._count(("tiny", shape, what, guided, tile), run)
 
     def text_call(self) -> int:
         import torch
@@ -448,12 +487,14 @@ def _commit() -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="sd-x4", choices=("sd-x4", "stablevsr"), help="the family whose full-size networks run")
+    p.add_argument("--model", default="sd-x4", choices=MODELS, help="the family whose full-size networks run")
+    p.add_argument("--against", choices=MODELS, default=None,
+                   help="then run this model too, at its own defaults, on the same input and settings; report the s/frame ratio")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     p.add_argument("--dtype", default="auto", help="auto|fp32|fp16|bf16 (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--size", default="32x32", help="input HxW (= latent size; the output is 4x)")
     p.add_argument("--frames", type=int, default=4, help="frames of the generated input video")
-    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None, help="default: the model's (sd-x4 30, stablevsr 50, stream-diffvsr 4)")
     p.add_argument("--guidance", type=float, default=None, help="sd-x4 only: CFG scale; default: the model's (6.0); <= 1 disables CFG")
     p.add_argument("--motion-guidance", type=float, default=None, help="sd-x4 only: default: the model's (0.5); 0 disables the hook and the flow")
     p.add_argument("--tile", type=int, default=None, help="UNet tile in latent px; default auto (the memory plan), 0 = untiled")
@@ -501,16 +542,26 @@ def flops_only(args, height: int, width: int) -> dict:
     text = (1, 77, 1024)
     unet_whole = counter.unet_call((1, 7, height, width), text)
     unet_tiled = n_tiles * counter.unet_call((1, 7, *side), text)
-    vae_whole = counter.vae_call((1, 4, height, width))
-    vae_tiled = counter.vae_call((1, 4, height, width), tile, min(SampleConfig().tile_overlap, tile // 4)) if tile else vae_whole
     px = height * width
     result = {
         "model": args.model, "size": f"{height}x{width}", "steps": sample.steps, "tile": tile, "overlap": overlap, "tiles": n_tiles,
         "unet_flops_untiled": unet_whole, "unet_mflop_per_px_untiled": unet_whole / px / 1e6, "unet_flops_tiled": unet_tiled,
-        "vae_flops_untiled": vae_whole, "vae_mflop_per_px_untiled": vae_whole / px / 1e6, "vae_flops_tiled": vae_tiled,
         "text_encoder_flops_per_prompt": counter.text_call(),
     }
-    if args.model == "stablevsr":
+    if args.model != "stream-diffvsr":  # the x4 VAE's decode (Stream-DiffVSR's tiny one is counted below)
+        vae_whole = counter.vae_call((1, 4, height, width))
+        vae_tiled = counter.vae_call((1, 4, height, width), tile, min(SampleConfig().tile_overlap, tile // 4)) if tile else vae_whole
+        result.update(vae_flops_untiled=vae_whole, vae_mflop_per_px_untiled=vae_whole / px / 1e6, vae_flops_tiled=vae_tiled)
+    if args.model == "stream-diffvsr":
+        # A frame after the first of its shot: every step a UNet and a ControlNet call on the warped previous output,
+        # whose features the tiny encoder makes; then the tiny decoder with its TPMs (the whole frame: the plan's first choice).
+        control_whole = counter.controlnet_call((1, 7, height, width), text, (1, 3, 4 * height, 4 * width))
+        control_tiled = n_tiles * counter.controlnet_call((1, 7, *side), text, (1, 3, 4 * side[0], 4 * side[1]))
+        tiny = counter.tiny_call((1, 3, 4 * height, 4 * width), "features", True, 0) + counter.tiny_call((1, 4, height, width), "decode", True, 0)
+        per_frame = {"untiled": sample.steps * (unet_whole + control_whole) + tiny, "tiled": sample.steps * (unet_tiled + control_tiled) + tiny}
+        result.update(controlnet_flops_untiled=control_whole, controlnet_flops_tiled=control_tiled, tiny_vae_flops=tiny,
+                      tiny_vae_mflop_per_px=tiny / px / 1e6)
+    elif args.model == "stablevsr":
         t_frames = sample.clip_len
         guided = (t_frames - 1) / t_frames  # frames of a pass that get the ControlNet and a decode
         control_whole = counter.controlnet_call((1, 7, height, width), text, (1, 3, 4 * height, 4 * width))
@@ -613,7 +664,7 @@ def main(argv=None) -> dict:
     counter = FlopCounter(args.model)
     unet_flops = sum(counter.unet_call(*call) for call in record["unet"])
     controlnet_flops = sum(counter.controlnet_call(*call) for call in record["controlnet"])
-    vae_flops = sum(counter.vae_call(*call) for call in record["vae"])
+    vae_flops = sum((counter.tiny_call if args.model == "stream-diffvsr" else counter.vae_call)(*call) for call in record["vae"])
     text_flops = sum(record["text_encoder"]) * counter.text_call()
     matmul, conv = matmul_tflops(device, dtype), conv_tflops(device, dtype)
     peak = max(matmul, conv)
@@ -674,6 +725,16 @@ def main(argv=None) -> dict:
         "date": datetime.date.today().isoformat(),
         "torch": torch.__version__,
     }
+    if args.against:
+        same = ["--device", str(device), "--dtype", dtype_name, "--size", args.size, "--frames", str(args.frames)]
+        same += [*(["--threads", str(args.threads)] if args.threads else []), *(["--tile", str(args.tile)] if args.tile is not None else [])]
+        with contextlib.redirect_stdout(sys.stderr):
+            other = main(["--model", args.against, *same])
+        result["against"] = {k: other[k] for k in ("model", "s_per_frame", "flops_per_frame", "floor_s_per_frame", "load_average")}
+        result["against"]["steps"] = other["settings"]["steps"]
+        result["against"]["guidance"] = other["settings"]["guidance"]
+        result["s_per_frame_ratio"] = other["s_per_frame"] / result["s_per_frame"]  # how many times faster this model is
+        result["flops_per_frame_ratio"] = other["flops_per_frame"] / result["flops_per_frame"]
     if args.json:
         print(json.dumps(result))
     else:
@@ -688,6 +749,11 @@ def main(argv=None) -> dict:
         print(f"  {total_flops / frames / 1e12:.3f} TFLOP per frame; matmul {matmul:.3f}, conv {conv:.3f} TFLOP/s "
               f"-> FLOP floor {result['floor_s_per_frame']:.3f} s/frame")
         print(f"  peak memory {peak_mem / 2**30:.2f} GiB, peak RSS {peak_rss / 2**30:.2f} GiB; {plan_lines}")
+        if args.against:
+            a = result["against"]
+            print(f"  against {a['model']} ({a['steps']} steps, guidance {a['guidance']}): {a['s_per_frame']:.3f} s/frame, "
+                  f"{a['flops_per_frame'] / 1e12:.3f} TFLOP/frame: this model is {result['s_per_frame_ratio']:.1f}x faster, "
+                  f"{result['flops_per_frame_ratio']:.1f}x fewer FLOPs")
     return result
 
 

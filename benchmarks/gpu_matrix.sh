@@ -9,7 +9,8 @@
 #   networks.json          bench_networks: UNet (16 tiles) and VAE tile, contiguous vs channels-last, compiled
 #   networks_b64.json      the same at 64 tiles per call: does memory.MAX_BATCH = 16 lose throughput?
 #   pipeline.json          bench_pipeline at SIZE, default tiles (the target row)
-#   pipeline_untiled.json  the same, --tile 0 (the floor without tile overlap)
+#   stream.json            bench_pipeline --model stream-diffvsr at SIZE, its own defaults (4 steps): the fast mode
+#   pipeline_untiled.json  the same as pipeline.json, --tile 0 (the floor without tile overlap)
 #   pipeline_compile.json  the same as pipeline.json with --compile (a warm-up run compiles)
 #   host.json              bench_host at SIZE with the accelerator time measured in pipeline.json
 #   stablevsr.json         bench_pipeline --model stablevsr at SIZE, default tiles (its own defaults but STEPS)
@@ -43,6 +44,7 @@ common=(--device "$device" --size "$size" --frames "$frames" --steps "$steps" --
 run networks python3 "$here/bench_networks.py" --device "$device" --tile "$tile" --batch 16 --compile --json
 run networks_b64 python3 "$here/bench_networks.py" --device "$device" --tile "$tile" --batch 64 --json
 run pipeline python3 "$here/bench_pipeline.py" "${common[@]}"
+run stream python3 "$here/bench_pipeline.py" --model stream-diffvsr --device "$device" --size "$size" --frames "$frames" --json
 run pipeline_untiled python3 "$here/bench_pipeline.py" "${common[@]}" --tile 0
 run pipeline_compile python3 "$here/bench_pipeline.py" "${common[@]}" --compile
 # The host's share at the GPU's measured speed: GPU seconds per sampled frame of the default run

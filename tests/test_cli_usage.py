@@ -3,9 +3,6 @@
 Each job is the lanczos model on a few tiny frames: well under a second each.
 """
 
-import json
-
-import av
 import pytest
 
 import media_factory as mf

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from vsrup.clips import CrossFade, cut_score, plan
+from vsrup.clips import CrossFade, cut_score, last_restart, plan
 
 
 @dataclass(frozen=True)
@@ -90,3 +90,9 @@ def test_cross_fade_of_equal_outputs_is_exact():
     assert [i for i, _ in out] == list(range(11))
     for (i, image), frame in zip(out, frames):
         np.testing.assert_allclose(image, frame.image, atol=1e-6)
+
+
+def test_last_restart_is_the_shot_start_at_or_before_a_frame():
+    frames = sequence(20, cuts=(5, 12))
+    assert [last_restart(frames, k, None, 0.3) for k in (0, 4, 5, 11, 12, 19)] == [0, 0, 5, 5, 12, 12]
+    assert last_restart(frames, 11, 4, 0.3) == 9  # every 4 frames of the shot from 5: 5, 9

@@ -169,3 +169,14 @@ def test_planner_makes_one_plan_per_window_shape_logs_it_and_keeps_shrinks():
     planner.run(clip, 2, 270, 480)
     plans = [e.message for e in events if e.kind == "info"]
     assert len(plans) == 2 and plans[0].startswith("memory plan for 8 frame(s) of 480x270")
+
+
+def test_a_decoder_that_tiles_exactly_decodes_the_whole_frame_when_it_fits_and_counts_its_halo():
+    """Stream-DiffVSR's tiny decoder (vae_tiles starting at 0 = the whole frame; tiles computed with a halo)."""
+    tiny = Cost(dtype_bytes=2, vae_fixed=0, vae_per_px=32_000, vae_attention=0, vae_state_per_px=0, vae_tiles=(0, 256, 128, 64, 32), vae_halo=20)
+    need = lambda px: int((max(tiny.unet_bytes(128 * 128, 1), tiny.vae_bytes(px)) + memory.RESERVE) / memory.SAFETY) + 1  # noqa: E731
+    assert plan_memory(need(270 * 480), 270, 480, tiny, samples=1, tile=None, overlap=32, batch=None).vae_tile == 0
+    assert plan_memory(need(270 * 480) - GIB // 4, 270, 480, tiny, samples=1, tile=None, overlap=32, batch=None).vae_tile == 256
+    # a 128 tile computes 168 x 168 latent px: with memory for 128 x 128 only, the next smaller tile is chosen
+    assert plan_memory(need(168 * 168), 270, 480, tiny, samples=1, tile=None, overlap=32, batch=None).vae_tile == 128
+    assert plan_memory(need(128 * 128), 270, 480, tiny, samples=1, tile=None, overlap=32, batch=None).vae_tile == 64

@@ -51,6 +51,26 @@ def test_the_estimate_scales_with_the_frames_sampled_overlaps_included(monkeypat
     assert [e.data["estimate_seconds"] for e in events] == [float(20 + (windows - 1) * 2)]
 
 
+def test_a_sequential_models_estimate_skips_its_restart_frame_and_counts_each_frame_once(monkeypatch):
+    """The first frame of a causal model runs without its guidance (cheaper); each frame is sampled once."""
+    now = [0.0]
+
+    class Causal(Constant):
+        info = ModelInfo(name="causal", scale=2, kind="sequential", flow=False, generative=True, cost=None)
+
+        def sample(self, window, plan, progress):
+            now[0] += 1.0 if window.indices == (0,) else 3.0  # half of the restart frame in 1 s, of a guided one in 3 s
+            return super().sample(window, plan, progress)
+
+    monkeypatch.setattr("vsrup.runner.time.perf_counter", lambda: now[0])
+    events = []
+    runner = ModelRunner(Causal(), UpscaleConfig(scale=2, sample=SampleConfig(clip_len=8, clip_overlap=2)), total=50, emit=events.append)
+    for i in range(2):
+        window = Window(np.zeros((1, 4, 6, 3), np.float32), (i,))
+        runner.run(window, lambda plan, progress: Causal().sample(window, plan, progress))
+    assert [e.data["estimate_seconds"] for e in events if e.kind == "warning"] == [50 * 6.0]  # 6 s a frame, 50 frames, no overlaps
+
+
 def test_colour_fix_and_clamp_apply_to_generative_models_only():
     frames = np.full((1, 4, 4, 3), 0.75, np.float32)
     window = Window(frames, (0,))

@@ -366,7 +366,7 @@ assert set(get_args(ColorFix)) == set(COLOR_FIXES)
 ScaleOpt = Annotated[Optional[float], ranged("scale", "--scale", "-s", metavar="X", help="Output size as a factor of the input's, e.g. 2 or 3.5; sizes from a fraction are rounded to even numbers. Made from the model's own x4, resized with antialiased Lanczos. Default 4.", rich_help_panel=IO)]
 WidthOpt = Annotated[Optional[int], ranged("width", metavar="PX", help="Output width in pixels; the height follows the aspect ratio (rounded to even) unless --height is given too.", rich_help_panel=IO)]
 HeightOpt = Annotated[Optional[int], ranged("height", metavar="PX", help="Output height in pixels; the width follows the aspect ratio (rounded to even) unless --width is given too.", rich_help_panel=IO)]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="sd-x4 (Stability AI's x4 upscaler), stablevsr (StableVSR, ECCV 2024), lanczos (non-neural preview), a Hub repo id (owner/name) or a local diffusers folder.", rich_help_panel=MODEL)]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="sd-x4 (Stability AI's x4 upscaler), stablevsr (StableVSR, ECCV 2024), stream-diffvsr (fast mode), lanczos (non-neural preview), a Hub repo id (owner/name) or a local diffusers folder.", rich_help_panel=MODEL)]
 RevisionOpt = Annotated[Optional[str], typer.Option(metavar="REV", help="Hub revision to pin (branch, tag or commit).", rich_help_panel=MODEL)]
 DeviceOpt = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL)]
 DtypeOpt = Annotated[Dtype, typer.Option(metavar=choices(Dtype), help="auto: bf16 on CUDA where supported, else fp16; fp32 on CPU.", rich_help_panel=MODEL)]
@@ -652,7 +652,7 @@ def probe(
 
 @app.command(cls=Command, epilog=EXIT_CODES_HELP)
 def download(
-    model: Annotated[str, typer.Argument(metavar="[MODEL]", help="Model to prefetch into the Hugging Face cache: sd-x4, stablevsr, or a repo id.")] = D.model,
+    model: Annotated[str, typer.Argument(metavar="[MODEL]", help="Model to prefetch into the Hugging Face cache: sd-x4, stablevsr, stream-diffvsr, or a repo id.")] = D.model,
     revision: RevisionOpt = None,
 ) -> None:
     """Fetch a model's weights now, for machines that will run offline (honours HF_HOME, HF_HUB_CACHE, HF_TOKEN)."""
@@ -664,6 +664,93 @@ def download(
         repo, choice = repo_for(model)
         path = fetch(repo, choice.module.FILES, revision, report)
     print(path)
+
+
+@app.command("eval", cls=Command, epilog=EXIT_CODES_HELP)
+def eval_command(
+    outputs: Annotated[list[Path], typer.Argument(metavar="OUTPUT...", readable=False, show_default=False, help="Upscaled video(s) of INPUT, the same size; several are measured along one flow, to compare runs or models.")],
+    source: Annotated[Path, typer.Option("--input", "-i", readable=False, help="The video the outputs were made from: its flow and occlusion are the motion measured against.")],
+    reference: Annotated[Optional[Path], typer.Option(readable=False, help="Ground truth at the outputs' size: adds PSNR, SSIM and tOF.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every value as JSON (schema vsrup-eval/1, docs/eval.md) instead of a table.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of the per-frame profiles (needs matplotlib: pip install 'vsrup\\[plot]').")] = None,
+    slice_at: Annotated[Optional[str], typer.Option("--slice", help="x=N (output column N) or y=N (row N) of every frame, side by side in time: the temporal profile VSR papers show flicker with; written to --slice-out.")] = None,
+    slice_out: Annotated[Optional[Path], typer.Option(help="PNG file for --slice (the reference's profile first, then each output's).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing --plot and --slice-out files.")] = False,
+    frames: Annotated[Optional[str], typer.Option(help="The outputs hold only input frames START:END (0-based, END exclusive), as `upscale --frames` writes them.")] = None,
+    flow: FlowOpt = S.flow,
+    scene_threshold: Annotated[float, typer.Option(help="Scene-cut threshold 0..1 (as for upscale): pairs across a cut are left out; 0 disables.")] = S.scene_threshold,
+) -> None:
+    """Measure the temporal consistency of upscaled videos (and their fidelity, with --reference).
+
+    \b
+    Flow f_t and occlusion of each input pair (t, t+1) come from vsrup's flow
+    (--flow), upscaled to the output grid; M_t = 1 where frame t's pixel is
+    visible in frame t+1 and stays inside it; W(x, f)(p) = x(p + f(p)), bilinear.
+    warping error  E_t = sum_p M_t ||O_t - W(O_t+1, f_t)||^2 / sum_p M_t
+                   (squared norm over RGB in [0, 1]: E_warp)
+    flicker        F_t = sum_p M_t mean_c |D_t - W(D_t+1, f_t)| / sum_p M_t,
+                   D_t = L(O_t - bicubic(I_t)), L the colour fix's low-pass
+                   (5 dilated 3x3 binomial blurs, 1..16 px): low-frequency
+                   brightness and colour pumping added to the input
+    PSNR, SSIM     per frame against --reference, RGB; SSIM: Gaussian window
+                   sigma 1.5 (11 taps), K1 0.01, K2 0.03, map mean over R, G, B
+    tOF            mean_p ||flow(O_t, O_t+1) - flow(G_t, G_t+1)||, output px
+    Video values are means over pairs (E, F, tOF) and frames (PSNR, SSIM);
+    pairs across a scene cut are left out. Frame i of every file must be input
+    frame i (START + i with --frames): the same frame count and timestamps (a
+    constant shift allowed), else exit 65.
+    """
+    from vsrup.outputs import atomic_output
+
+    if not 0.0 <= scene_threshold <= 1.0:  # NaN fails every comparison, so it never passes
+        raise typer.BadParameter(f"{scene_threshold} is outside 0.0..1.0", param_hint="--scene-threshold")
+    if (slice_at is None) != (slice_out is None):
+        raise typer.BadParameter("--slice and --slice-out go together", param_hint="--slice-out" if slice_at else "--slice")
+    videos = {p.resolve() for p in (*outputs, source, *([reference] if reference else []))}
+    for target, name in ((plot, "--plot"), (slice_out, "--slice-out")):
+        if target is not None and target.resolve() in videos:
+            raise typer.BadParameter(f"{target} is one of the videos measured; vsrup never modifies its input", param_hint=name)
+        if target is not None and target.exists() and not overwrite:
+            raise typer.BadParameter(f"{target} exists; pass --overwrite to replace it", param_hint=name)
+    from vsrup.evaluate import evaluate, parse_slice
+    from vsrup.plots import profiles, require_matplotlib, slice_image, write_png
+
+    at = parse_slice(slice_at) if slice_at is not None else None
+    span = parse_span(frames, "--frames")
+    if plot is not None:
+        require_matplotlib()
+    report = Reporter()
+    with reporting(report):
+        result = evaluate(outputs, source, reference, flow=flow, scene_threshold=scene_threshold, slice_at=at, frames=span, emit=report)
+        document = result.to_dict()
+        if plot is not None:
+            with atomic_output(plot, overwrite=overwrite) as partial:
+                profiles(document, partial)
+        if at is not None:
+            lines = ([result.reference_profile] if result.reference_profile else []) + [run.profile for run in result.runs]
+            with atomic_output(slice_out, overwrite=overwrite) as partial:
+                write_png(slice_image(lines, at[0]), partial)
+    if as_json:
+        print(json.dumps(document, indent=2))
+        return
+    print_evaluation(document)
+
+
+def print_evaluation(document: dict) -> None:
+    """The eval table on stdout: one row per output, the video values."""
+    (w, h), (big_w, big_h) = document["input_size"], document["output_size"]
+    cuts = len(document["cuts"])
+    print(f"{document['input']}: {document['frames']} frames, {w}x{h} -> {big_w}x{big_h} (x{document['scale']}), "
+          f"flow {document['flow']}, {cuts} scene cut{'' if cuts == 1 else 's'}")
+    columns = [("warping_error", "E_warp", "{:.3e}"), ("flicker", "flicker", "{:.3e}")]
+    if document["reference"] is not None:
+        columns += [("psnr", "PSNR dB", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("tof", "tOF px", "{:.3f}")]
+    names = [out["path"] for out in document["outputs"]]
+    width = max(len("output"), *(len(n) for n in names))
+    print("  ".join(["output".ljust(width)] + [label.rjust(10) for _, label, _ in columns]))
+    for name, out in zip(names, document["outputs"]):
+        cells = [("-" if out["summary"][key] is None else fmt.format(out["summary"][key])).rjust(10) for key, _, fmt in columns]
+        print("  ".join([one_line(name).ljust(width)] + cells))
 
 
 class reporting:
@@ -725,7 +812,7 @@ def main(argv: list[str] | None = None) -> None:
             print(e.format_message(), file=sys.stderr)
             sys.exit(EXIT_USAGE)
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # a usage error from (Typer's) click
-            message = f"{one_line(e.format_message())} (see --help)"
+            message = f"{one_line(e.format_message()).replace('Value error, ', '')} (see --help)"  # Typer's validation says "Value error, "
             if "--log-json" in (sys.argv[1:] if argv is None else argv):  # scripts read every error from stdout
                 print(json.dumps({"event": "error", "time": round(time.time(), 3), "input": None, "message": message, "exit_code": e.exit_code}))
             print(f"vsrup: error: {message}", file=sys.stderr)

@@ -159,3 +159,17 @@ class CrossFade:
         ready = sorted(self.held.items())
         self.held = {}
         return ready
+
+
+def last_restart(frames: Iterable[Indexed], first: int, every: int | None, scene_threshold: float) -> int:
+    """The index of the last restart point at or before frame ``first`` (reads the frames up to it): where a
+    sequential model must start for its frame ``first`` to be the whole run's."""
+    start = 0
+    for frame, restart in restarts(frames, every, scene_threshold):
+        if frame.index > first:
+            break
+        if restart:
+            start = frame.index
+        if frame.index == first:
+            break
+    return start

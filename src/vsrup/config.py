@@ -77,7 +77,7 @@ class UpscaleConfig:
     scale: float = 4  # output size / input size (1..8); the model's own x4 is resized to it (output_size)
     width: int | None = None  # output width in px; the height follows the aspect ratio unless given too
     height: int | None = None  # output height in px; likewise
-    model: str = "sd-x4"  # short name (sd-x4, stablevsr, lanczos), Hub repo id, or a local folder
+    model: str = "sd-x4"  # short name (sd-x4, stablevsr, stream-diffvsr, lanczos), Hub repo id, or a local folder
     revision: str | None = None  # Hub revision to pin (branch, tag or commit)
     device: str = "auto"  # auto|cpu|cuda|cuda:N|mps
     dtype: str = "auto"  # auto: bf16 on CUDA where supported, else fp16; fp32 on CPU

@@ -60,6 +60,8 @@ class Cost:
     vae_attention: int = 8  # per (latent px)^2: fp32 scores + probabilities, single head
     vae_state_per_px: int = 21 * 2**10  # bytes per latent px of the frame: a tiled decode's states with frame statistics
     # (1.33 KiB per output px measured on the CPU, full-size x4 config, fp32: docs/tiling.md)
+    vae_tiles: tuple[int, ...] = TILES  # decode tile candidates, the first that fits is used; 0 = the whole frame
+    vae_halo: int = 0  # latent px computed around each decode tile, each side (and thrown away)
 
     def unet_bytes(self, pixels: int, batch: int) -> int:
         """Peak activation bytes of one UNet call on ``batch`` tiles of ``pixels`` latent px."""
@@ -136,11 +138,12 @@ def plan_memory(
         per_tile = cost.unet_bytes(area(tile), 2) - cost.unet_bytes(area(tile), 1)
         fits = (budget - cost.unet_bytes(0, 0)) // per_tile
         batch = max(1, min(fits, per_step, MAX_BATCH))
-    vae_tile = 0 if tile == 0 else next((t for t in TILES if cost.vae_bytes(area(t)) <= budget), TILE_FLOOR)  # --tile 0: untiled everywhere
+    vae_area = lambda t: area(t + 2 * cost.vae_halo) if t else h * w  # noqa: E731  latent px one decode tile computes
+    vae_tile = 0 if tile == 0 else next((t for t in cost.vae_tiles if cost.vae_bytes(vae_area(t)) <= budget), TILE_FLOOR)  # --tile 0: untiled everywhere
     vae_overlap = min(overlap, vae_tile // 4)  # VAE errors are spread, not at edges (docs/tiling.md): 25% suffices
     # The frame's GroupNorm statistics need its decoder states on the device (vae_decode.py): when they do not fit
     # beside a tile's activations, each tile is normalised on its own (tone steps between tiles; the plan says so).
-    frame_stats = vae_tile == 0 or cost.vae_state_bytes(h * w) + cost.vae_bytes(area(vae_tile)) <= budget
+    frame_stats = vae_tile == 0 or cost.vae_state_bytes(h * w) + cost.vae_bytes(vae_area(vae_tile)) <= budget
     return MemoryPlan((h, w), tile, unet_overlap, batch, vae_tile, vae_overlap, frame_stats)
 
 

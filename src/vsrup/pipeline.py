@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from vsrup.clips import CrossFade, Indexed, plan, restarts
+from vsrup.clips import CrossFade, Indexed, last_restart, plan, restarts
 from vsrup.config import UpscaleConfig
 from vsrup.errors import EXIT_RUNTIME, InputDataError, Interrupted, OutputError, UsageError, VsrupError
 from vsrup.events import Emit, Event, ignore
@@ -181,11 +182,16 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
             if model.model is None:
                 emit(Event("stage", path=path, message="loading the model", data={"stage": "load"}))
             upscaler = model.get()
-            tracker = Tracker(path, expected, estimated=estimated, window=clip_shape(upscaler, config)[0], overlap=clip_shape(upscaler, config)[1], emit=emit)
+            window, overlap = work_shape(upscaler, config)
+            tracker = Tracker(path, expected, estimated=estimated, window=window, overlap=overlap, emit=emit)
             # Decoding runs a clip ahead and encoding a clip behind, each in its own thread; the frames must fit.
             in_px = info.video.width * info.video.height
             ahead, behind = queue_depth(in_px), queue_depth(width * height)
             check_frames_fit(upscaler, config, in_px, width * height, ahead, behind, writer.picture_bytes, str(job.source), emit)
+            start_at = 0
+            if upscaler.info.kind == "sequential" and first > 0:  # its state starts at the last restart point before `first`
+                with closing(decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial)) as scan:
+                    start_at = last_restart(scan, first, upscaler.info.restart_every, config.sample.scene_threshold)
             seen = 0  # frames decoded: tells a span past the end from an input without frames
 
             def counted(frames):
@@ -197,7 +203,8 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
             frames = counted(decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit))
             tracker.stage("decode", "decoding the first frames")
             with Ahead(frames, ahead, "vsrup-decode") as decoded, Behind(writer.write, behind, "vsrup-encode") as encode:
-                for frame, image in upscale_frames(decoded, upscaler, config, in_span(first, stop), stop, total=expected, emit=emit, tracker=tracker):
+                for frame, image in upscale_frames(decoded, upscaler, config, in_span(first, stop), stop, total=expected,
+                                                   start_at=start_at, emit=emit, tracker=tracker):
                     encode.submit(image, frame.pts)
                     written += 1
                     tracker.frames(written)
@@ -243,8 +250,6 @@ def frames_in_time(info, config: UpscaleConfig) -> tuple[int, int | None]:
     """The [first, stop) frame indices of --start/--end/--duration (``config.times``, seconds from the first
     frame's timestamp), from the decoded frames' own timestamps: exact for variable frame rates, and the
     index span every later step (clips, seeds, restarts) works with. Decodes up to the span's end."""
-    from contextlib import closing
-
     from vsrup.media.decode import decode_frames
 
     start, end = config.times
@@ -295,6 +300,11 @@ def clip_shape(model: Model, config: UpscaleConfig) -> tuple[int, int]:
     return config.sample.clip_len, config.sample.clip_overlap
 
 
+def work_shape(model: Model, config: UpscaleConfig) -> tuple[int, int]:
+    """(frames per window, overlap) of the model's work, for progress: a sequential model steps each frame once."""
+    return (1, 0) if model.info.kind == "sequential" else clip_shape(model, config)
+
+
 def frame_span(config: UpscaleConfig, n_frames: int | None) -> tuple[int, int | None]:
     """The [first, stop) frame range of the job; stop None means to the end."""
     if config.frames is None:
@@ -319,6 +329,7 @@ def upscale_frames(
     stop: int | None = None,
     *,
     total: int | None = None,
+    start_at: int = 0,
     emit: Emit = ignore,
     tracker: Tracker | None = None,
 ) -> Iterator[tuple[Indexed, np.ndarray]]:
@@ -327,12 +338,14 @@ def upscale_frames(
     A clip is sampled only if it holds a wanted frame; every frame's result depends only on the
     clips that contain it, so a partial run gives the frames of a whole run exactly. ``total``
     (frames of the job, when known or estimated) is for the CPU time estimate; ``tracker`` hears of
-    each window and of the model's progress inside it.
+    each window and of the model's progress inside it. ``start_at``: sequential models run no frame
+    before it (``clips.last_restart`` of the first wanted frame; 0: from the first shot that may hold
+    a wanted frame).
     """
     runner = ModelRunner(model, config, total, emit, tracker)
     with Flows(model, config.sample.flow) as flows:
         if model.info.kind == "sequential":
-            yield from stream_sequence(frames, model, runner, flows, config, wanted, stop)
+            yield from stream_sequence(frames, model, runner, flows, config, wanted, stop, start_at, emit)
         else:
             yield from stream_clips(frames, model, runner, flows, config, wanted, stop)
 
@@ -374,7 +387,8 @@ def stream_clips(frames, model, runner: ModelRunner, flows: Flows, config: Upsca
     yield from final(fade.flush())
 
 
-def stream_sequence(frames, model, runner: ModelRunner, flows: Flows, config: UpscaleConfig, wanted, stop):
+def stream_sequence(frames, model, runner: ModelRunner, flows: Flows, config: UpscaleConfig, wanted, stop, start_at: int = 0,
+                    emit: Emit = ignore):
     """Sequential models: one frame at a time, the state carried from frame to frame and reset at restart points.
 
     The model runs from a restart point only when a wanted frame may follow before the next fixed
@@ -389,7 +403,11 @@ def stream_sequence(frames, model, runner: ModelRunner, flows: Flows, config: Up
             return
         if restart:
             ahead = range(i, i + every) if every else range(i, stop if stop is not None else i + 1)
-            running, state = every is None and stop is None or any(wanted(k) for k in ahead), None
+            running = i >= start_at and (every is None and stop is None or any(wanted(k) for k in ahead))
+            state = None
+            if running and not wanted(i):
+                emit(Event("info", message=f"{model.info.name} carries its state from frame {i}, where the shot starts: "
+                                           "the frames before the first one asked for are computed, not written"))
         if running:
             pair = np.stack([previous.image, frame.image]) if state is not None else None  # (2, h, w, 3)
             flow = flows.get(pair, (previous.index, i)) if pair is not None else None
@@ -463,7 +481,7 @@ def _upscale_folder(job: Job, choice: Choice, config: UpscaleConfig, emit: Emit)
     out_w, out_h = output_size(config, first.shape[1], first.shape[0], str(paths[min(todo)]), emit)
     ahead, behind = queue_depth(in_px), queue_depth(out_w * out_h)
     check_frames_fit(upscaler, config, in_px, out_w * out_h, ahead, behind, 0.0, str(job.source), emit)
-    window, overlap = clip_shape(upscaler, config)
+    window, overlap = work_shape(upscaler, config)
     tracker = Tracker(str(job.source), len(todo), window=window, overlap=overlap, emit=emit)
     with Ahead(items(), ahead, "vsrup-read") as read, Behind(write, behind, "vsrup-write") as save:
         for item, rgb in upscale_frames(read, upscaler, config, todo.__contains__, total=len(todo), emit=emit, tracker=tracker):

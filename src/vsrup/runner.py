@@ -78,17 +78,20 @@ class ModelRunner:
             self.planner = Planner(model.info.cost, torch.device(model.info.device), s.tile, s.tile_overlap, s.batch, emit)
         self.estimate = None
         if model.info.generative and model.info.device == "cpu":
-            self.estimate = CpuEstimate(total, s.clip_len, s.clip_overlap, emit, compiling=s.compile)
+            if model.info.kind == "sequential":  # every frame once; the first is a restart, cheaper than the rest: not timed
+                self.estimate = CpuEstimate(total, 1, 0, emit, skip=1, compiling=s.compile)
+            else:
+                self.estimate = CpuEstimate(total, s.clip_len, s.clip_overlap, emit, compiling=s.compile)
 
     def run(self, window: Window, call: Callable[[Any, Callable[[float], None]], Any]) -> np.ndarray:
         """``call(plan, progress)`` -> the model's (T, H', W', 3) tensor; returns (T, H, W, 3) float32 at the asked scale."""
         t_frames, height, width, _ = window.frames.shape  # (T, h, w, 3)
         self.windows += 1
         tracker, base = self.tracker, self.tracker.work
-        if self.model.info.window != 1:
+        if self.model.info.window != 1 and self.model.info.kind == "clip":
             of = f"/{tracker.windows}" if tracker.windows else ""
             tracker.stage("sample", f"sampling clip {self.windows}{of}", clip=self.windows, clips=tracker.windows, frames=t_frames)
-        elif self.windows == 1:  # frames that are independent have one stage, not one per frame
+        elif self.windows == 1:  # independent frames, and a sequential model's steps: one stage, not one per frame
             tracker.stage("sample", "upscaling frames")
         estimate = self.estimate.watch(window) if self.estimate is not None and not self.estimate.done else ignore_progress
 
@@ -138,18 +141,22 @@ def ignore_progress(fraction: float) -> None:
 
 
 class CpuEstimate:
-    """The job's duration on a CPU, from the first progress report of its first window; one warning.
+    """The job's duration on a CPU, from the first progress report of its first window (after ``skip`` windows);
+    one warning.
 
     With ``compiling`` (--compile) the first step also waits for torch.compile: the estimate is then
     timed from the first report to the next, so the compile time is not multiplied by the job's length.
     """
 
-    def __init__(self, total: int | None, clip_len: int, overlap: int, emit: Emit, *, compiling: bool = False):
-        self.total, self.clip_len, self.overlap, self.emit = total, clip_len, overlap, emit
+    def __init__(self, total: int | None, clip_len: int, overlap: int, emit: Emit, *, skip: int = 0, compiling: bool = False):
+        self.total, self.clip_len, self.overlap, self.emit, self.skip = total, clip_len, overlap, emit, skip
         self.compiling = compiling
         self.done = False
 
     def watch(self, window: Window) -> Callable[[float], None]:
+        if self.skip:
+            self.skip -= 1
+            return ignore_progress
         started, base = time.perf_counter(), 0.0
         t_frames, height, width, _ = window.frames.shape
 

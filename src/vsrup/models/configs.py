@@ -133,17 +133,50 @@ STABLEVSR_CONTROLNET_CONFIG: dict[str, Any] = dict(  # controlnet/config.json, a
 
 STABLEVSR_SCHEDULER_CONFIG: dict[str, Any] = {**SCHEDULER_CONFIG, "timestep_spacing": "leading"}  # read as a DDPMScheduler
 
+# Stream-DiffVSR (``Jamichsu/Stream-DiffVSR``, reference/nextmodels.md §2.2): UNet, ControlNet, text encoder and
+# tokenizer laid out as StableVSR's (the UNet config rebuilt and line-count matched, the ControlNet's 831 MB file
+# matching the (64, 128, 256) embedding); the scheduler file is StableVSR's with "trailing" spacing (537 B, read);
+# the VAE config is read whole. Its 166 tensors (2,052,501 parameters, 8.2 MB in fp32) are listed, from the
+# published class built on this config, in tests/fixtures/stream_diffvsr_vae_keys.txt.
+STREAM_SCHEDULER_CONFIG: dict[str, Any] = {**SCHEDULER_CONFIG, "timestep_spacing": "trailing"}  # DDIM: 999, 749, 499, 249
+STREAM_VAE_CONFIG: dict[str, Any] = dict(  # vae/config.json ("TemporalAutoencoderTiny", diffusers 0.27.2)
+    in_channels=3,
+    out_channels=3,
+    encoder_block_out_channels=(64, 64, 64),
+    decoder_block_out_channels=(64, 64, 64),
+    act_fn="relu",
+    upsample_fn="nearest",
+    latent_channels=4,
+    upsampling_scaling_factor=2,
+    num_encoder_blocks=(1, 3, 3),
+    num_decoder_blocks=(3, 3, 1),
+    latent_magnitude=3,
+    latent_shift=0.5,
+    force_upcast=False,
+    scaling_factor=1.0,  # it decodes the UNet's latents (the x4 VAE's, already scaled by 0.08333) as they are
+    shift_factor=0.0,
+)
+
 
 def build_random_components(
     device: str | torch.device = "meta", dtype: torch.dtype = torch.float32, family: str = "sd-x4"
 ) -> dict:
-    """Full-size random-weight networks and the schedulers of ``family`` ("sd-x4" or "stablevsr").
+    """Full-size random-weight networks and the schedulers of ``family`` ("sd-x4", "stablevsr" or "stream-diffvsr").
 
     ``device="meta"`` allocates nothing (parameter counts, shapes); a real device allocates and
     initialises there (the benchmark: timing does not need real weights). No tokenizer: its files
     cannot be rebuilt from the facts above; benchmarks feed token ids directly.
     """
+    from vsrup.models.temporal_tiny import TemporalAutoencoderTiny
+
     with torch.device(device):
+        if family == "stream-diffvsr":
+            unet = UNet2DConditionModel(**STABLEVSR_UNET_CONFIG).to(dtype)
+            controlnet = ControlNetModel(**STABLEVSR_CONTROLNET_CONFIG).to(dtype).eval()
+            vae = TemporalAutoencoderTiny(**STREAM_VAE_CONFIG).to(vae_dtype(dtype))
+            text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG)).to(dtype)
+            scheduler = DDIMScheduler.from_config(STREAM_SCHEDULER_CONFIG)
+            return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), controlnet=controlnet, scheduler=scheduler)
         if family == "stablevsr":
             unet = UNet2DConditionModel(**STABLEVSR_UNET_CONFIG).to(dtype)
             extra = dict(controlnet=ControlNetModel(**STABLEVSR_CONTROLNET_CONFIG).to(dtype).eval())

@@ -24,6 +24,7 @@ from vsrup.events import Emit, ignore
 FAMILIES = {  # short name -> (module, Hub repo)
     "sd-x4": ("vsrup.models.sd_x4", "stabilityai/stable-diffusion-x4-upscaler"),
     "stablevsr": ("vsrup.models.stablevsr", "claudiom4sir/StableVSR"),
+    "stream-diffvsr": ("vsrup.models.stream_diffvsr", "Jamichsu/Stream-DiffVSR"),
     "lanczos": ("vsrup.models.lanczos", None),  # non-neural, no weights
 }
 DEFAULT_FAMILY = "sd-x4"  # of repo ids and folders that name no known family

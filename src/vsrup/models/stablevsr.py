@@ -90,7 +90,9 @@ class Model:
             self.controlnet = load_network(ControlNetModel, folder, "controlnet", FILES.weights["controlnet"], self.dtype, self.device)
             self.vae = load_network(AutoencoderKL, folder, "vae", FILES.weights["vae"], vae_dtype(self.dtype), self.device)
             self.scheduler_config = DDPMScheduler.load_config(folder, subfolder="scheduler")
-        check_networks(source, self.unet, self.controlnet, self.vae)
+        check_networks(source, self.unet, self.controlnet)
+        if vae_factor(self.vae) != SCALE:
+            raise ModelError(f"{source} is not StableVSR: its VAE's factor is {vae_factor(self.vae)}, not {SCALE}")
         if s.compile:
             compile_networks(self.unet, self.controlnet, self.vae.decoder)
             emit(Event("info", message="--compile: the UNet, the ControlNet and the VAE decoder compile on their first calls"))
@@ -115,7 +117,7 @@ class Model:
 
         with torch.no_grad(), compile_errors():
             latents = sample_window(
-                self.denoiser(plan), decode, DDPMScheduler.from_config(self.scheduler_config), low_res, flow,
+                controlled_denoiser(self.unet, self.controlnet, self.text, plan), decode, DDPMScheduler.from_config(self.scheduler_config), low_res, flow,
                 generators(s.seed, window.indices), steps=s.steps, factor=SCALE,
                 progress=lambda k: progress((k + 1) * per_step / work),
             )  # (T, 4, h, w)
@@ -124,33 +126,38 @@ class Model:
         images = images.float().mul_(0.5).add_(0.5)  # (T, 3, 4h, 4w) in place: [-1, 1] -> [0, 1]
         return images.permute(0, 2, 3, 1)  # (T, 4h, 4w, 3)
 
-    def denoiser(self, plan: MemoryPlan):
-        """UNet (with the ControlNet's residuals when there is a control image), tile by tile under ``plan``."""
 
-        def denoise(x: torch.Tensor, t: torch.Tensor, control: torch.Tensor | None) -> torch.Tensor:
-            # x (1, 7, h, w), control (1, 3, 4h, 4w) or None -> (1, 4, h, w)
-            def run(tiles, rows, *controls):  # tiles (N, 7, th, tw), controls: (N, 3, 4th, 4tw)
-                text = self.text.expand(tiles.shape[0], -1, -1)  # (N, 77, D)
-                residuals = {}
-                if controls:
-                    down, mid = self.controlnet(
-                        tiles, t, encoder_hidden_states=text, controlnet_cond=controls[0], conditioning_scale=1.0, return_dict=False
-                    )
-                    residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
-                return self.unet(tiles, t, encoder_hidden_states=text, **residuals, return_dict=False)[0]  # (N, 4, th, tw)
+def controlled_denoiser(unet, controlnet, text: torch.Tensor, plan: MemoryPlan):
+    """The UNet with a ControlNet's residuals when there is a control image, tile by tile under ``plan``.
 
-            extras = ((control, SCALE),) if control is not None else ()
-            return tiled(run, x, tile=plan.tile, overlap=plan.overlap, batch=plan.batch, extras=extras)
+    StableVSR's and Stream-DiffVSR's call: ``text`` (1, 77, D) the empty prompt, no class labels, the
+    control image (at ``SCALE`` times the latent grid) cut to each tile.
+    """
 
-        return denoise
+    def denoise(x: torch.Tensor, t: torch.Tensor, control: torch.Tensor | None) -> torch.Tensor:
+        # x (1, 7, h, w), control (1, 3, 4h, 4w) or None -> (1, 4, h, w)
+        def run(tiles, rows, *controls):  # tiles (N, 7, th, tw), controls: (N, 3, 4th, 4tw)
+            embedding = text.expand(tiles.shape[0], -1, -1)  # (N, 77, D)
+            residuals = {}
+            if controls:
+                down, mid = controlnet(
+                    tiles, t, encoder_hidden_states=embedding, controlnet_cond=controls[0], conditioning_scale=1.0, return_dict=False
+                )
+                residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+            return unet(tiles, t, encoder_hidden_states=embedding, **residuals, return_dict=False)[0]  # (N, 4, th, tw)
+
+        extras = ((control, SCALE),) if control is not None else ()
+        return tiled(run, x, tile=plan.tile, overlap=plan.overlap, batch=plan.batch, extras=extras)
+
+    return denoise
 
 
-def check_networks(source: str, unet, controlnet, vae) -> None:
-    """The folder holds StableVSR's networks, not merely files of those names."""
-    if unet.config.in_channels != 7 or controlnet.config.in_channels != 7 or vae_factor(vae) != SCALE:
-        raise ModelError(f"{source} is not StableVSR (UNet and ControlNet in_channels 7, VAE factor 4)")
+def check_networks(source: str, unet, controlnet, what: str = "StableVSR") -> None:
+    """The folder holds ``what``'s UNet and ControlNet (StableVSR's layout), not merely files of those names."""
+    if unet.config.in_channels != 7 or controlnet.config.in_channels != 7:
+        raise ModelError(f"{source} is not {what}: its UNet and ControlNet take 7 channels (latent and low-resolution RGB)")
     if unet.config.num_class_embeds or controlnet.config.num_class_embeds or unet.config.class_embed_type:
-        raise ModelError(f"{source} is not StableVSR: its UNet or ControlNet has a class embedding, which StableVSR never feeds")
+        raise ModelError(f"{source} is not {what}: its UNet or ControlNet has a class embedding, which {what} never feeds")
     control_factor = 2 ** (len(controlnet.config.conditioning_embedding_out_channels) - 1)
     if control_factor != SCALE:
-        raise ModelError(f"{source} is not StableVSR: its ControlNet's conditioning embedding downsamples by {control_factor}, not {SCALE}")
+        raise ModelError(f"{source} is not {what}: its ControlNet's conditioning embedding downsamples by {control_factor}, not {SCALE}")
