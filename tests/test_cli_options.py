@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import av
+import numpy as np
 import pytest
 
 import media_factory as mf
@@ -149,3 +150,15 @@ def test_a_time_span_is_the_frame_span_it_holds(run_vsrup, tmp_path, clip):
     assert video_of(tmp_path / "t.mkv")[2] == video_of(tmp_path / "f.mkv")[2] and len(video_of(tmp_path / "t.mkv")[2]) == 3
     code, err = run_vsrup("upscale", clip, tmp_path / "e.mkv", "-m", "lanczos", "--start", "0.041", "--end", "0.05")
     assert code == 2 and "no frame starts between 0.041 s and 0.05 s" in err, err
+
+
+def test_an_image_folder_takes_a_width_too(run_vsrup, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("1.png", (40, 30)), ("2.png", (40, 30))):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(tmp_path / "in" / name)
+    code, err = run_vsrup("frames", tmp_path / "in", tmp_path / "out", "-m", "lanczos", "--width", "100")
+    assert code == 0, err
+    assert [Image.open(tmp_path / "out" / n).size for n in ("1.png", "2.png")] == [(100, 76), (100, 76)]  # 75 -> even
