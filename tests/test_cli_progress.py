@@ -11,6 +11,8 @@ import pytest
 
 import media_factory as mf
 
+from tiny_sd import tiny_sd_x4_cache  # noqa: F401  (fixture)
+
 from vsrup import cli
 from vsrup.events import Event
 from vsrup.models import Window
@@ -176,3 +178,27 @@ def test_sampling_stages_name_the_clip_and_count_its_work():
     assert [e.message for e in events if e.kind == "stage"] == ["sampling clip 1/3", "sampling clip 2/3"]
     assert [e.data["work"] for e in events if e.kind == "progress"] == [2.0, 4.0, 6.0, 8.0]
     assert tracker.work_total == 12  # 10 frames in clips of 4 overlapping by 1: 0-3, 3-6, 6-9
+
+
+def test_a_diffusion_job_reports_its_clips_and_the_steps_inside_them(tiny_sd_x4_cache, run_vsrup, tmp_path):
+    """The tiny SD x4 model from a seeded cache, on an MKV (no frame count: the total is estimated), at x3.5."""
+    import av
+
+    src = mf.make_video(tmp_path / "in.mkv", frames=10, size=(24, 16))
+    code, err = run_vsrup("upscale", src, tmp_path / "o.mkv", "--steps", "3", "--clip-len", "4", "--clip-overlap", "1",
+                          "--scale", "3.5", "--log-json")
+    assert code == 0, err
+    events = [json.loads(line) for line in run_vsrup.stdout.splitlines()]
+    start = next(e for e in events if e["event"] == "start")
+    assert start["total"] == 10 and start["total_estimated"] is True and (start["width"], start["height"]) == (84, 56)
+    stages = [e["message"] for e in events if e["event"] == "stage"]
+    assert stages[2] == "estimating the optical flow of clip 1"  # the later clips' flow is estimated ahead, often in time
+    assert [m for m in stages if "optical flow" not in m] == [
+        "loading the model", "decoding the first frames", "sampling clip 1/3", "sampling clip 2/3", "sampling clip 3/3", "encoding the last frames"]
+    work = [e["work"] for e in events if e["event"] == "progress"]
+    sampled = sum(e["frames"] for e in events if e["event"] == "stage" and e["stage"] == "sample")
+    assert any(w % 1 for w in work[:4]) and work == sorted(work) and work[-1] == sampled  # steps inside a clip count by their share
+    assert next(e for e in events if e["event"] == "progress")["work_total"] == 12  # expected: 10 frames, 2 overlaps sampled twice
+    assert any(e["event"] == "warning" and "estimate_seconds" in e for e in events)  # the CPU estimate
+    with av.open(str(tmp_path / "o.mkv")) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (84, 56)
