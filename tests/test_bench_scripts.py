@@ -54,3 +54,13 @@ def test_device_check_of_the_cpu_against_itself_is_exact(capsys):
     assert printed["frames"] == 12 and printed["size"] == [128, 192]  # 12 frames of 48x32, x4
     assert printed["max_abs_levels"] == 0  # two separate jobs, same device and dtype: bit for bit
     assert "on cpu in float32" in printed["model_line"]
+
+
+def test_bench_encoders_measures_each_default_encoder_with_its_default_options(capsys):
+    result = load_script("bench_encoders").main(["--sizes", "128x96", "--frames", "3", "--encoders", "libx264,libvpx-vp9", "--json"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == result
+    assert [(r["encoder"], r["size"], r["frames"]) for r in printed["rows"]] == [("libx264", "128x96", 3), ("libvpx-vp9", "128x96", 3)]
+    assert all(r["write_fps"] == pytest.approx(3 / r["seconds"], rel=0.05) for r in printed["rows"])
+    vp9 = printed["rows"][1]["options"]
+    assert vp9["row-mt"] == "1" and vp9["deadline"] == "good" and vp9["cpu-used"] == "4"  # the defaults that finish

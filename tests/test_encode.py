@@ -381,3 +381,14 @@ def test_partial_input_still_writes_with_warnings(tmp_path):
             writer.write(upscale(frame.image, 2), frame.pts)
     assert 0 < len(list(decode_frames(probe(out)))) == writer.frames_written < 30
     assert warnings(events)
+
+
+def test_vp9_defaults_finish_and_presets_map_onto_its_speed():
+    from vsrup.media.encode import encoder_options, vpx_speed
+
+    default = encoder_options("libvpx-vp9", EncodeConfig(), (3840, 2160), lambda text: None)
+    assert default == {"crf": "31", "b": "0", "cpu-used": "4", "deadline": "good", "row-mt": "1", "tile-columns": "3"}  # 8 tiles of 480 px
+    assert vpx_speed("fast", 1920)["tile-columns"] == "2" and vpx_speed("fast", 320)["tile-columns"] == "0"
+    assert vpx_speed("ultrafast", 1920)["cpu-used"] == "8" and vpx_speed("ultrafast", 1920)["deadline"] == "realtime"
+    assert vpx_speed("veryslow", 1920)["cpu-used"] == "0" and vpx_speed("placebo", 1920)["cpu-used"] == "0"
+    assert encoder_options("libvpx-vp9", EncodeConfig(options=(("cpu-used", "6"),)), (640, 360), lambda text: None)["cpu-used"] == "6"

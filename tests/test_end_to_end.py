@@ -138,7 +138,10 @@ def test_batch_attempts_every_input_and_reports_failures_in_json(tmp_path):
     events = [json.loads(line) for line in result.stdout.splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and "progress" in kinds and "done" in kinds and "error" in kinds
-    assert events[-1] == {"event": "summary", "done": 1, "skipped": 0, "failed": 1, "failed_inputs": [str(bad)]}
+    summary = events[-1]
+    assert summary["event"] == "summary" and summary["seconds"] > 0 and summary["exit_code"] == 65
+    assert {k: summary[k] for k in ("done", "skipped", "failed", "failed_inputs")} == {
+        "done": 1, "skipped": 0, "failed": 1, "failed_inputs": [{"input": str(bad), "exit_code": 65}]}
     assert (out / f"{good.stem}.mkv").exists()
     assert not (out / f"{bad.stem}.mkv").exists() and leftovers(out) == []
 

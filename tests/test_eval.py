@@ -305,7 +305,7 @@ def test_usage_errors(run_vsrup, videos, tmp_path, monkeypatch):
                          (("--slice", "z=3", "--slice-out", tmp_path / "s.png"), "expected x=N or y=N"),
                          (("--slice", "x=128", "--slice-out", tmp_path / "s.png"), "outside the 128x96 output"),
                          (("--scene-threshold", "nan"), "outside 0.0..1.0"),
-                         (("--flow", "farneback"), "not one of dis, raft"),
+                         (("--flow", "farneback"), "'farneback' is not one of 'dis', 'raft'"),
                          (("--plot", videos["perfect"], "--overwrite"), "is one of the videos measured")):
         code, err = run_vsrup("eval", *args, *extra)
         assert code == 2 and err.count("\n") == 1 and words in err, (extra, err)

@@ -190,5 +190,5 @@ def test_unknown_repo_is_a_model_error(monkeypatch, tmp_path):
 
     point_hf_at(monkeypatch, tmp_path / "hf", offline=False)
     FakeHub(monkeypatch, tmp_path / "unused", error=RepositoryNotFoundError.__new__(RepositoryNotFoundError))
-    with pytest.raises(ModelError, match="was not found on the Hugging Face Hub"):
+    with pytest.raises(ModelError, match="neither a folder here nor a repo on the Hugging Face Hub"):
         load_upscaler(UpscaleConfig(model="someone/no-such-model", device="cpu"))

@@ -61,11 +61,12 @@ def test_partial_run_samples_only_the_clips_it_needs_and_stops_early():
     assert calls == [[8, 9, 10, 11, 12, 13], [12, 13, 14, 15, 16, 17]]
 
 
-def test_model_scale_is_resized_to_the_asked_scale():
+@pytest.mark.parametrize("asked,shape", [({"scale": 3}, (36, 60)), ({"scale": 3.5}, (42, 70)), ({"width": 50}, (30, 50)), ({"height": 25, "width": 33}, (25, 33))])
+def test_model_scale_is_resized_to_the_asked_size(asked, shape):
     frames = sequence(5, h=12, w=20)
-    config = replace(CONFIG, scale=3)
+    config = replace(CONFIG, **asked)
     _, out, _ = run(frames, config)
-    assert all(img.shape == (36, 60, 3) for img in out)
+    assert all(img.shape == (*shape, 3) for img in out)
 
 
 def test_plan_jobs(tmp_path):

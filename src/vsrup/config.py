@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-SCALES = (2, 3, 4)
 AUDIO_MODES = ("copy", "aac", "none")
 DEINTERLACE_MODES = ("auto", "on", "off")
 COLOR_FIXES = ("adain", "wavelet", "none")
@@ -29,6 +28,8 @@ class EncodeConfig:
     pix_fmt: str | None = None  # None: follows the input (8-bit 4:2:0 in, 8-bit 4:2:0 out; 10-bit in, 10-bit out)
     audio: str = "copy"  # copy|aac|none; copy falls back to a re-encode, with a warning, where the container refuses
     threads: int = 0  # encoder threads; 0 lets FFmpeg choose. Pin it for bit-identical re-runs across machines
+    options: tuple[tuple[str, str], ...] = ()  # --encoder-opt KEY=VALUE: FFmpeg AVOptions of the encoder, applied last (they win)
+    faststart: bool = True  # mp4/mov: the index (moov) at the front, so web players start before the whole file arrives
 
 
 @dataclass(frozen=True)
@@ -73,15 +74,39 @@ class SampleConfig:
 class UpscaleConfig:
     """One `vsrup upscale` or `vsrup frames` job."""
 
-    scale: int = 4  # 2, 3 or 4; the output is exactly scale x the input size
+    scale: float = 4  # output size / input size (1..8); the model's own x4 is resized to it (output_size)
+    width: int | None = None  # output width in px; the height follows the aspect ratio unless given too
+    height: int | None = None  # output height in px; likewise
     model: str = "sd-x4"  # short name (sd-x4, stablevsr, stream-diffvsr, lanczos), Hub repo id, or a local folder
     revision: str | None = None  # Hub revision to pin (branch, tag or commit)
     device: str = "auto"  # auto|cpu|cuda|cuda:N|mps
     dtype: str = "auto"  # auto: bf16 on CUDA where supported, else fp16; fp32 on CPU
     frames: tuple[int, int | None] | None = None  # [start, end) in decoded-frame indices; None = all
+    times: tuple[float, float | None] | None = None  # [start, end) in seconds from the first frame (--start/--end/--duration); None = all
     deinterlace: str = "auto"  # auto: deinterlace when the decoder flags interlaced frames
     allow_partial: bool = False  # corrupt or truncated input: write what decoded, with a warning, instead of failing
     overwrite: bool = False  # replace an existing output
     skip_existing: bool = False  # leave an existing output alone and report it as skipped
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """The output's (width, height) for an input of ``width`` x ``height``.
+
+        An integer scale is exact (odd sizes are kept: the encoder takes 4:4:4 for them); a fractional
+        scale, and a side that follows the other's aspect ratio, round to even numbers, as 4:2:0 needs.
+        """
+        if self.width and self.height:
+            return self.width, self.height
+        if self.width:
+            return self.width, even(self.width * height / width)
+        if self.height:
+            return even(self.height * width / height), self.height
+        if float(self.scale).is_integer():
+            return width * int(self.scale), height * int(self.scale)
+        return even(width * self.scale), even(height * self.scale)
+
+
+def even(x: float) -> int:
+    """The even number nearest ``x``, at least 2."""
+    return max(2, 2 * round(x / 2))

@@ -21,8 +21,8 @@ class HostMemoryError(VsrupError):
 def host_bytes(
     *,
     in_px: int,
-    scale: int,
-    model_scale: int,
+    scale: float,
+    model_scale: float,
     window: int,
     overlap: int,
     queue_in: int,

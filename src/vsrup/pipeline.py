@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from vsrup.events import Emit, Event, ignore
 from vsrup.models import Model, Window
 from vsrup.models.registry import Choice, choose
 from vsrup.outputs import atomic_output, check_output, release_signals
+from vsrup.progress import Tracker
 from vsrup.resize import lanczos_resize
 from vsrup.runner import Flows, ModelRunner
 from vsrup.threads import Ahead, Behind
@@ -49,10 +50,16 @@ class Result:
     error: VsrupError | None = None
 
 
-def plan_jobs(inputs: Sequence[Path], output: Path, fmt: str | None = None) -> list[Job]:
-    """One input file to one output file; several inputs, or a directory, to an output directory."""
+def plan_jobs(inputs: Sequence[Path], output: Path | str, fmt: str | None = None) -> list[Job]:
+    """One input file to one output file; several inputs, or a directory, to an output directory.
+
+    ``output`` as typed: a trailing slash makes it a directory even for one input. A name with a
+    video extension is never made a directory, and ``fmt`` never renames a single named output.
+    """
     if not inputs:
         raise UsageError("no input given")
+    as_dir = str(output).endswith(("/", os.sep))
+    output = Path(output)
     sources: list[Path] = []
     for path in inputs:
         if path.is_dir():
@@ -63,29 +70,36 @@ def plan_jobs(inputs: Sequence[Path], output: Path, fmt: str | None = None) -> l
             sources += found
         else:
             sources.append(path)
-    single = len(inputs) == 1 and not inputs[0].is_dir() and not output.is_dir()
+    fmt = fmt.lstrip(".").lower() if fmt else None
+    single = len(inputs) == 1 and not inputs[0].is_dir() and not as_dir and not output.is_dir()
     if single:
-        target = output.with_suffix("." + fmt.lstrip(".")) if fmt else output
-        return [Job(sources[0], target)]
+        if fmt and output.suffix and output.suffix.lower() != "." + fmt:
+            raise UsageError(f"{output}: --format {fmt} contradicts the output's extension {output.suffix}; drop one of them")
+        return [Job(sources[0], output.with_suffix("." + fmt) if fmt else output)]
     if output.exists() and not output.is_dir():
         raise UsageError(f"{output}: several inputs need an output directory")
-    jobs = [Job(s, output / (s.stem + ("." + fmt.lstrip(".") if fmt else s.suffix))) for s in sources]
+    if not output.exists() and not as_dir and output.suffix.lower() in VIDEO_SUFFIXES:
+        raise UsageError(f"{output}: several inputs need an output directory, and this name is a video file's; "
+                         "name a directory (a trailing / makes one)")
+    jobs = [Job(s, output / (s.stem + ("." + fmt if fmt else s.suffix))) for s in sources]
     names = [j.target.name for j in jobs]
     if len(set(names)) != len(names):
         raise UsageError(f"{output}: two inputs would write the same output name")
     return jobs
 
 
-def upscale(inputs: Sequence[Path], output: Path, config: UpscaleConfig, *, fmt: str | None = None, emit: Emit = ignore) -> list[Result]:
-    """Upscale every input; each is attempted, failures are reported in the results, not raised."""
-    jobs = plan_jobs([Path(p) for p in inputs], Path(output), fmt)
+def upscale(inputs: Sequence[Path], output: Path | str, config: UpscaleConfig, *, fmt: str | None = None, emit: Emit = ignore) -> list[Result]:
+    """Upscale every input; each is attempted, failures are reported in the results, not raised.
+
+    ``output`` as the user typed it (see ``plan_jobs``: a trailing slash names a directory)."""
+    jobs = plan_jobs([Path(p) for p in inputs], output, fmt)
     choice, config = settle(config)
     model = LazyModel(choice, config, emit)
     results = []
     for job in jobs:
         release_signals()  # a signal held during the last job's commit stops the batch here
         if job.target.exists() and config.skip_existing:
-            emit(Event("skipped", path=str(job.source), message=f"{job.target} exists"))
+            emit(Event("skipped", path=str(job.source), message=f"{job.target} exists", data={"output": str(job.target)}))
             results.append(Result(job, "skipped"))
             continue
         results.append(run_job(lambda: upscale_video(job, model, config, emit), job, emit))
@@ -104,10 +118,10 @@ def run_job(work: Callable[[], int], job: Job, emit: Emit) -> Result:
             if os.environ.get("VSRUP_DEBUG"):
                 raise
             e = VsrupError(f"{job.source}: internal error: {type(e).__name__}: {e} (VSRUP_DEBUG=1 shows the traceback)")
-        emit(Event("error", path=str(job.source), message=str(e)))
+        emit(Event("error", path=str(job.source), message=str(e), data={"exit_code": e.exit_code}))
         return Result(job, "failed", seconds=time.monotonic() - started, error=e)
     seconds = time.monotonic() - started
-    emit(Event("done", path=str(job.source), message=str(job.target), done=frames, data={"seconds": round(seconds, 3)}))
+    emit(Event("done", path=str(job.source), message=f"wrote {job.target}", done=frames, data={"output": str(job.target), "seconds": round(seconds, 3)}))
     return Result(job, "done", frames, seconds)
 
 
@@ -144,38 +158,118 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
     # 2. Probe the input and decide the frame span. A job that reads to the end of a truncated input fails
     #    now, where the container says how long the video is, not after the long work.
     info = probe(job.source)
-    if not config.allow_partial and (config.frames is None or config.frames[1] is None):
+    if not config.allow_partial and to_the_end(config):
         check_length(info)
+    length = info.video.duration or info.duration
+    if config.times is not None:  # --start/--end/--duration: the frames they hold, by index from here on
+        if length is not None and config.times[0] >= length:
+            raise UsageError(f"--start {config.times[0]:g} s is past the end of the input ({length:g} s)")
+        config = replace(config, frames=frames_in_time(info, config), times=None)
     first, stop = frame_span(config, info.video.frames)
     total = None if stop is None else stop - first
-    width, height = info.video.width * config.scale, info.video.height * config.scale
+    # The frames to expect: exact where the container counts them, else duration x rate, said to be an estimate.
+    expected = total if total is not None else frames_estimate(info.video, length, first)
+    estimated = total is None and expected is not None
+    width, height = output_size(config, info.video.width, info.video.height, str(job.source), emit)
     path = str(job.source)
-    emit(Event("start", path=path, message=str(job.target), total=total, data={"size": [width, height]}))
+    emit(Event("start", path=path, message=f"upscaling to {job.target}", total=expected,
+               data={"output": str(job.target), "total_estimated": estimated, "width": width, "height": height}))
     written = 0
     with atomic_output(job.target, overwrite=config.overwrite, emit=emit) as partial:
         # 3. Open the output: streams are planned (trial mux) before the long work starts.
         with VideoWriter(partial, info, config.encode, (width, height), trim=config.frames is not None, emit=emit) as writer:
             # 4. Load the model (once per batch), then stream: decode -> clips -> upscale -> blend -> encode.
+            if model.model is None:
+                emit(Event("stage", path=path, message="loading the model", data={"stage": "load"}))
             upscaler = model.get()
+            window, overlap = work_shape(upscaler, config)
+            tracker = Tracker(path, expected, estimated=estimated, window=window, overlap=overlap, emit=emit)
             # Decoding runs a clip ahead and encoding a clip behind, each in its own thread; the frames must fit.
             in_px = info.video.width * info.video.height
             ahead, behind = queue_depth(in_px), queue_depth(width * height)
-            check_frames_fit(upscaler, config, in_px, ahead, behind, writer.picture_bytes, str(job.source), emit)
+            check_frames_fit(upscaler, config, in_px, width * height, ahead, behind, writer.picture_bytes, str(job.source), emit)
             start_at = 0
             if upscaler.info.kind == "sequential" and first > 0:  # its state starts at the last restart point before `first`
                 with closing(decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial)) as scan:
                     start_at = last_restart(scan, first, upscaler.info.restart_every, config.sample.scene_threshold)
-            frames = decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit)
+            seen = 0  # frames decoded: tells a span past the end from an input without frames
+
+            def counted(frames):
+                nonlocal seen
+                for frame in frames:
+                    seen = frame.index + 1
+                    yield frame
+
+            frames = counted(decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial, emit=emit))
+            tracker.stage("decode", "decoding the first frames")
             with Ahead(frames, ahead, "vsrup-decode") as decoded, Behind(writer.write, behind, "vsrup-encode") as encode:
-                for frame, image in upscale_frames(decoded, upscaler, config, in_span(first, stop), stop, total=total,
-                                                   start_at=start_at, emit=emit):
+                for frame, image in upscale_frames(decoded, upscaler, config, in_span(first, stop), stop, total=expected,
+                                                   start_at=start_at, emit=emit, tracker=tracker):
                     encode.submit(image, frame.pts)
                     written += 1
-                    emit(Event("progress", path=path, done=written, total=total))
+                    tracker.frames(written)
+                tracker.stage("finish", "encoding the last frames")
                 encode.finish()
-        if written == 0:
-            raise InputDataError(f"{job.source}: no frames in the range {first}:{'' if stop is None else stop}")
+            if written == 0 and seen > first:
+                raise InputDataError(f"{job.source}: no frames in the range {first}:{'' if stop is None else stop}")
+            if written == 0 and seen:  # the container did not say how long it is (frame_span refuses this up front where it does)
+                raise UsageError(f"--frames starts at {first} but the input has {seen} frames")
     return written
+
+
+def to_the_end(config: UpscaleConfig) -> bool:
+    """Whether the job reads the input to its end (then a truncated input is refused up front)."""
+    if config.times is not None:
+        return config.times[1] is None
+    return config.frames is None or config.frames[1] is None
+
+
+def frames_estimate(video, length: float | None, first: int) -> int | None:
+    """Frames from ``first`` on, from the duration and the nominal rate, where the container counts none."""
+    if length is None or not video.rate:
+        return None
+    return max(0, round(length * video.rate) - first)
+
+
+MAX_FACTOR = 8  # the output may be at most this many times the input per side (cli.RANGES["scale"])
+
+
+def output_size(config: UpscaleConfig, width: int, height: int, what: str, emit: Emit = ignore) -> tuple[int, int]:
+    """The output size for a ``width`` x ``height`` input; a UsageError for a size that is no upscale."""
+    out_w, out_h = config.output_size(width, height)
+    fx, fy = out_w / width, out_h / height
+    if min(fx, fy) < 1 or max(fx, fy) > MAX_FACTOR:
+        raise UsageError(f"{what}: {width}x{height} to {out_w}x{out_h} is a factor {min(fx, fy):.3g}..{max(fx, fy):.3g}; "
+                         f"vsrup upscales by 1 to {MAX_FACTOR} (--width/--height/--scale)")
+    if abs(fx / fy - 1) > 0.01 and config.width and config.height:
+        emit(Event("warning", path=what, message=f"{width}x{height} to {out_w}x{out_h} changes the aspect ratio: the picture is stretched"))
+    return out_w, out_h
+
+
+def frames_in_time(info, config: UpscaleConfig) -> tuple[int, int | None]:
+    """The [first, stop) frame indices of --start/--end/--duration (``config.times``, seconds from the first
+    frame's timestamp), from the decoded frames' own timestamps: exact for variable frame rates, and the
+    index span every later step (clips, seeds, restarts) works with. Decodes up to the span's end."""
+    from vsrup.media.decode import decode_frames
+
+    start, end = config.times
+    first, origin, seen = None, None, 0
+    with closing(decode_frames(info, deinterlace=config.deinterlace, allow_partial=config.allow_partial)) as scan:
+        for frame in scan:
+            origin = frame.pts if origin is None else origin
+            t = float((frame.pts - origin) * info.video.time_base)
+            if end is not None and t >= end:
+                if first is None:
+                    raise UsageError(f"no frame starts between {start:g} s and {end:g} s")
+                return first, frame.index
+            if first is None and t >= start:
+                first = frame.index
+                if end is None:
+                    return first, None
+            seen = frame.index + 1
+    if first is None:
+        raise UsageError(f"--start {start:g} s is past the end of the input ({seen} frames)")
+    return first, None
 
 
 def queue_depth(pixels: int) -> int:
@@ -183,13 +277,14 @@ def queue_depth(pixels: int) -> int:
     return max(1, min(QUEUE_FRAMES, QUEUE_BYTES // (12 * pixels)))
 
 
-def check_frames_fit(model: Model, config: UpscaleConfig, in_px: int, ahead: int, behind: int, picture_bytes: float, what: str, emit: Emit) -> None:
+def check_frames_fit(model: Model, config: UpscaleConfig, in_px: int, out_px: int, ahead: int, behind: int, picture_bytes: float, what: str, emit: Emit) -> None:
     """Refuse, in one line, a job whose frames cannot fit in host memory (memory.host_bytes), before the long work."""
     from vsrup.host_memory import check_host_memory, host_bytes, resident_bytes
 
     window, overlap = clip_shape(model, config)
+    scale = (out_px / in_px) ** 0.5  # the linear factor of the output's area
     need = host_bytes(
-        in_px=in_px, scale=config.scale, model_scale=model.info.scale, window=window, overlap=overlap,
+        in_px=in_px, scale=scale, model_scale=model.info.scale or scale, window=window, overlap=overlap,
         queue_in=ahead, queue_out=behind, picture_bytes=picture_bytes,
         colour_fix_on_host=model.info.generative and model.info.device == "cpu" and config.sample.color_fix != "none",
     )
@@ -203,6 +298,11 @@ def clip_shape(model: Model, config: UpscaleConfig) -> tuple[int, int]:
     if model.info.window:
         return model.info.window, 0
     return config.sample.clip_len, config.sample.clip_overlap
+
+
+def work_shape(model: Model, config: UpscaleConfig) -> tuple[int, int]:
+    """(frames per window, overlap) of the model's work, for progress: a sequential model steps each frame once."""
+    return (1, 0) if model.info.kind == "sequential" else clip_shape(model, config)
 
 
 def frame_span(config: UpscaleConfig, n_frames: int | None) -> tuple[int, int | None]:
@@ -231,16 +331,18 @@ def upscale_frames(
     total: int | None = None,
     start_at: int = 0,
     emit: Emit = ignore,
+    tracker: Tracker | None = None,
 ) -> Iterator[tuple[Indexed, np.ndarray]]:
     """The streaming core: yield (input frame, output image (H, W, 3) float32) for every wanted frame, in order.
 
     A clip is sampled only if it holds a wanted frame; every frame's result depends only on the
     clips that contain it, so a partial run gives the frames of a whole run exactly. ``total``
-    (frames of the job, when known) is for the CPU time estimate. ``start_at``: sequential models
-    run no frame before it (``clips.last_restart`` of the first wanted frame; 0: from the first shot
-    that may hold a wanted frame).
+    (frames of the job, when known or estimated) is for the CPU time estimate; ``tracker`` hears of
+    each window and of the model's progress inside it. ``start_at``: sequential models run no frame
+    before it (``clips.last_restart`` of the first wanted frame; 0: from the first shot that may hold
+    a wanted frame).
     """
-    runner = ModelRunner(model, config, total, emit)
+    runner = ModelRunner(model, config, total, emit, tracker)
     with Flows(model, config.sample.flow) as flows:
         if model.info.kind == "sequential":
             yield from stream_sequence(frames, model, runner, flows, config, wanted, stop, start_at, emit)
@@ -276,6 +378,8 @@ def stream_clips(frames, model, runner: ModelRunner, flows: Flows, config: Upsca
         if following is not None:  # its flow is estimated while this clip samples
             flows.prefetch(following[1], tuple(following[0].indices))
         pending.update((f.index, f) for f in clip.frames)
+        if not flows.ready(tuple(clip.indices)):
+            runner.tracker.stage("flow", f"estimating the optical flow of clip {runner.windows + 1}")
         window = Window(lowres, tuple(clip.indices), flows.get(lowres, tuple(clip.indices)))
         outputs = runner.run(window, lambda plan, progress: model.sample(window, plan, progress))  # (T, H, W, 3)
         yield from final(fade.push(clip, outputs))
@@ -348,8 +452,8 @@ def _upscale_folder(job: Job, choice: Choice, config: UpscaleConfig, emit: Emit)
         raise UsageError(f"{clash}: output exists; pass --overwrite to replace or --skip-existing to resume")
     todo = {i for i, e in enumerate(exists) if config.overwrite or not e}
     for i in sorted(set(range(len(paths))) - todo):
-        emit(Event("skipped", path=str(paths[i]), message=f"{targets[i]} exists"))
-    emit(Event("start", path=str(job.source), message=str(job.target), total=len(todo)))
+        emit(Event("skipped", path=str(paths[i]), message=f"{targets[i]} exists", data={"output": str(targets[i])}))
+    emit(Event("start", path=str(job.source), message=f"upscaling to {job.target}", total=len(todo), data={"output": str(job.target), "total_estimated": False}))
     if not todo:
         return 0
     try:
@@ -362,6 +466,7 @@ def _upscale_folder(job: Job, choice: Choice, config: UpscaleConfig, emit: Emit)
             image = read_image(path, emit if i in todo else ignore)  # skipped images are read for the clip plan only
             yield FolderItem(i, image.rgb, image, targets[i])
 
+    emit(Event("stage", path=str(job.source), message="loading the model", data={"stage": "load"}))
     upscaler = choice.load(config, emit)
 
     def write(item: FolderItem, rgb: np.ndarray) -> None:
@@ -373,13 +478,17 @@ def _upscale_folder(job: Job, choice: Choice, config: UpscaleConfig, emit: Emit)
     written = 0
     first = read_image(paths[min(todo)]).rgb
     in_px = first.shape[0] * first.shape[1]
-    ahead, behind = queue_depth(in_px), queue_depth(in_px * config.scale**2)
-    check_frames_fit(upscaler, config, in_px, ahead, behind, 0.0, str(job.source), emit)
+    out_w, out_h = output_size(config, first.shape[1], first.shape[0], str(paths[min(todo)]), emit)
+    ahead, behind = queue_depth(in_px), queue_depth(out_w * out_h)
+    check_frames_fit(upscaler, config, in_px, out_w * out_h, ahead, behind, 0.0, str(job.source), emit)
+    window, overlap = work_shape(upscaler, config)
+    tracker = Tracker(str(job.source), len(todo), window=window, overlap=overlap, emit=emit)
     with Ahead(items(), ahead, "vsrup-read") as read, Behind(write, behind, "vsrup-write") as save:
-        for item, rgb in upscale_frames(read, upscaler, config, todo.__contains__, total=len(todo), emit=emit):
+        for item, rgb in upscale_frames(read, upscaler, config, todo.__contains__, total=len(todo), emit=emit, tracker=tracker):
             save.submit(item, rgb)
             written += 1
-            emit(Event("progress", path=str(job.source), done=written, total=len(todo)))
+            tracker.frames(written)
+        tracker.stage("finish", "writing the last images")
         save.finish()
     return written
 

@@ -7,12 +7,11 @@ For each window the pipeline hands over, ``ModelRunner``:
    a smaller plan on CUDA out-of-memory;
 3. on a CPU, estimates the job's duration from the first step of the first window, once;
 4. colour-fixes a generative model's frames toward the bicubic input, clamps them to [0, 1], and
-   resizes them to the asked scale (antialiased Lanczos) when the model's own scale differs.
+   resizes them to the asked size (antialiased Lanczos) when the model's own scale gives another.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -23,6 +22,7 @@ import numpy as np
 from vsrup.config import UpscaleConfig
 from vsrup.events import Emit, Event, ignore
 from vsrup.models import Model, Window
+from vsrup.progress import Tracker, sampled_frames
 from vsrup.resize import lanczos_resize
 
 
@@ -42,6 +42,10 @@ class Flows:
         if self.worker is not None and len(indices) > 1 and indices not in self.pending:
             self.pending[indices] = self.worker.submit(frames)
 
+    def ready(self, indices: tuple[int, ...]) -> bool:
+        """Whether ``get`` for these frames returns without waiting for the flow to be estimated."""
+        return self.worker is None or len(indices) < 2 or (indices in self.pending and self.pending[indices].done())
+
     def get(self, frames: np.ndarray, indices: tuple[int, ...]):
         """The Flow between neighbouring ``frames`` (T, h, w, 3); None when the model wants none or T = 1."""
         if self.worker is None or len(indices) < 2:
@@ -60,9 +64,11 @@ class Flows:
 class ModelRunner:
     """Runs one model on the windows of one job (see the module doc)."""
 
-    def __init__(self, model: Model, config: UpscaleConfig, total: int | None = None, emit: Emit = ignore):
+    def __init__(self, model: Model, config: UpscaleConfig, total: int | None = None, emit: Emit = ignore, tracker: Tracker | None = None):
         s = config.sample
         self.model, self.config, self.emit = model, config, emit
+        self.tracker = tracker or Tracker()  # the job's progress: this window's stage, and the model's work inside it
+        self.windows = 0
         self.planner = None
         if model.info.cost is not None:
             import torch
@@ -73,19 +79,33 @@ class ModelRunner:
         self.estimate = None
         if model.info.generative and model.info.device == "cpu":
             if model.info.kind == "sequential":  # every frame once; the first is a restart, cheaper than the rest: not timed
-                self.estimate = CpuEstimate(total, 1, 0, emit, skip=1)
+                self.estimate = CpuEstimate(total, 1, 0, emit, skip=1, compiling=s.compile)
             else:
-                self.estimate = CpuEstimate(total, s.clip_len, s.clip_overlap, emit)
+                self.estimate = CpuEstimate(total, s.clip_len, s.clip_overlap, emit, compiling=s.compile)
 
     def run(self, window: Window, call: Callable[[Any, Callable[[float], None]], Any]) -> np.ndarray:
         """``call(plan, progress)`` -> the model's (T, H', W', 3) tensor; returns (T, H, W, 3) float32 at the asked scale."""
         t_frames, height, width, _ = window.frames.shape  # (T, h, w, 3)
-        progress = self.estimate.watch(window) if self.estimate is not None and not self.estimate.done else ignore_progress
+        self.windows += 1
+        tracker, base = self.tracker, self.tracker.work
+        if self.model.info.window != 1 and self.model.info.kind == "clip":
+            of = f"/{tracker.windows}" if tracker.windows else ""
+            tracker.stage("sample", f"sampling clip {self.windows}{of}", clip=self.windows, clips=tracker.windows, frames=t_frames)
+        elif self.windows == 1:  # independent frames, and a sequential model's steps: one stage, not one per frame
+            tracker.stage("sample", "upscaling frames")
+        estimate = self.estimate.watch(window) if self.estimate is not None and not self.estimate.done else ignore_progress
+
+        def progress(fraction: float) -> None:
+            estimate(fraction)
+            tracker.worked(base + fraction * t_frames)
+
         if self.planner is None:
             out = call(None, progress)
         else:
             out = self.planner.run(lambda plan: call(plan, progress), t_frames, height, width)  # (T, H', W', 3)
-        return self.finish(out, window)
+        images = self.finish(out, window)
+        tracker.worked(base + t_frames)
+        return images
 
     def finish(self, out, window: Window) -> np.ndarray:
         """Colour fix (generative models), clamp, host copy, asked scale: (T, H', W', 3) -> (T, H, W, 3) float32.
@@ -97,8 +117,7 @@ class ModelRunner:
             images = np.clip(out, 0.0, 1.0, out=out)  # (T, H', W', 3)
         else:
             images = self.fix_colours(out, window).clamp_(0, 1).cpu().numpy()  # (T, H', W', 3)
-        scale = self.config.scale
-        height, width = window.frames.shape[1] * scale, window.frames.shape[2] * scale
+        width, height = self.config.output_size(window.frames.shape[2], window.frames.shape[1])
         if images.shape[1:3] == (height, width):
             return images
         return lanczos_resize(images, height, width)  # (T, H, W, 3)
@@ -122,35 +141,45 @@ def ignore_progress(fraction: float) -> None:
 
 
 class CpuEstimate:
-    """The job's duration on a CPU, from the first progress report of its first window (after ``skip`` windows); one warning."""
+    """The job's duration on a CPU, from the first progress report of its first window (after ``skip`` windows);
+    one warning.
 
-    def __init__(self, total: int | None, clip_len: int, overlap: int, emit: Emit, skip: int = 0):
+    With ``compiling`` (--compile) the first step also waits for torch.compile: the estimate is then
+    timed from the first report to the next, so the compile time is not multiplied by the job's length.
+    """
+
+    def __init__(self, total: int | None, clip_len: int, overlap: int, emit: Emit, *, skip: int = 0, compiling: bool = False):
         self.total, self.clip_len, self.overlap, self.emit, self.skip = total, clip_len, overlap, emit, skip
+        self.compiling = compiling
         self.done = False
 
     def watch(self, window: Window) -> Callable[[float], None]:
         if self.skip:
             self.skip -= 1
             return ignore_progress
-        started = time.perf_counter()
+        started, base = time.perf_counter(), 0.0
         t_frames, height, width, _ = window.frames.shape
 
         def progress(fraction: float) -> None:
-            if self.done or fraction <= 0:
+            nonlocal started, base
+            if self.done or fraction <= base:
+                return
+            now = time.perf_counter()
+            if self.compiling:  # the first report came after the compile: time from here
+                self.compiling, started, base = False, now, fraction
                 return
             self.done = True
-            per_frame = (time.perf_counter() - started) / fraction / t_frames
+            per_frame = (now - started) / (fraction - base) / t_frames
             if self.total is None:
                 scope = f"per frame of {width}x{height}"
                 seconds = per_frame
             else:
-                windows = max(1, math.ceil((self.total - self.overlap) / max(1, self.clip_len - self.overlap)))
-                sampled = self.total + (windows - 1) * self.overlap  # overlapping frames are sampled twice
                 scope = f"for {self.total} frame(s) of {width}x{height}"
-                seconds = per_frame * sampled
+                seconds = per_frame * sampled_frames(self.total, self.clip_len, self.overlap)
+            source = "the second step, after compiling" if base else "the first step of the first window"
             self.emit(Event(
                 "warning",
-                message=f"running on the CPU: about {duration(seconds)} {scope} (from the first step of the first window)",
+                message=f"running on the CPU: about {duration(seconds)} {scope} (from {source})",
                 data={"estimate_seconds": round(seconds, 1)},
             ))
 

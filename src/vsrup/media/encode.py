@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sys
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,10 +25,15 @@ from vsrup.media.decode import DISCONTINUITY_SECONDS, expected_step
 from vsrup.media.probe import MATRICES, RANGE_JPEG, RANGE_MPEG, MediaInfo, VideoInfo, open_input, quiet_ffmpeg
 from vsrup.media.streams import Route, first_line, plan_routes
 
-PRESET_CODECS = ("libx264", "libx265")  # encoders whose `preset` option takes the x264 names
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+PRESETS = {"libx264": X264_PRESETS, "libx265": X264_PRESETS}  # encoders whose own `preset` takes these names
+CRF_RANGES = {"libx264": (0, 51), "libx265": (0, 51)}  # 8-bit scale; their AVOptions say -1..FLT_MAX. Others: their AVOption's range
 VPX_DEFAULT_CRF = 31  # libvpx-vp9 constant quality; Google's VOD guide uses 31-33 for 1080p
+VPX_DEFAULT_PRESET = "fast"  # -> deadline good, cpu-used 4 (vpx_speed), row-mt, tile columns: 3x FFmpeg's own VP9 defaults at 1080p (docs/benchmarks.md)
+VPX_MIN_TILE_WIDTH = 256  # px: VP9 tiles are at least this wide, so tile-columns (log2) follows the width
+VPX_MAX_TILE_COLUMNS = 6  # log2: 64 columns, libvpx's limit
 _CHROMA_NAMES = {(1, 1): "yuv420p", (1, 0): "yuv422p", (0, 0): "yuv444p", (0, 1): "yuv440p"}
+FASTSTART_SUFFIXES = (".mp4", ".m4v", ".mov")  # the ISO-BMFF muxers, which take movflags
 X265_UNSET_DTS_FRAMES = 2  # encodes this short get garbage dts from libx265 (see VideoWriter.close)
 
 
@@ -35,6 +42,52 @@ def default_codec(format_name: str, bit_depth: int) -> str:
     if format_name == "webm":
         return "libvpx-vp9" if bit_depth <= 8 else "libsvtav1"
     return "libx264" if bit_depth <= 8 else "libx265"
+
+
+def encoder_options(codec: str, config: EncodeConfig, size: tuple[int, int], warn) -> dict[str, str]:
+    """The encoder's AVOptions from --crf, --preset and --encoder-opt, checked against the encoder before any work.
+
+    A value the encoder cannot take is a UsageError naming the option; --encoder-opt comes last and wins.
+    """
+    private = {o.name: o for o in av.codec.CodecContext.create(codec, "w").supported_options.private}
+    options = {}
+    if config.crf is not None:
+        if codec in CRF_RANGES or "crf" in private:
+            low, high = CRF_RANGES.get(codec) or (max(0, int(private["crf"].min)), int(private["crf"].max))
+            if not low <= config.crf <= high:
+                raise UsageError(f"--crf {config.crf} is outside {codec}'s range {low}..{high}")
+            options["crf"] = str(config.crf)
+        else:
+            raise UsageError(f"--crf: {codec} has no constant rate factor; pass its own rate control with --encoder-opt (b=8M, ...)")
+    preset = config.preset
+    if codec.startswith("libvpx"):
+        # libvpx's own default is a low fixed bitrate; constant quality needs crf with the bitrate cap off.
+        options.setdefault("crf", str(VPX_DEFAULT_CRF))
+        options["b"] = "0"
+        if preset is not None and preset not in X264_PRESETS:
+            raise UsageError(f"--preset {preset}: {codec} takes the x264 names ({', '.join(X264_PRESETS)}), mapped onto its cpu-used and deadline")
+        options.update(vpx_speed(preset or VPX_DEFAULT_PRESET, size[0]))
+    elif preset is not None and codec in PRESETS:
+        if preset not in PRESETS[codec]:
+            raise UsageError(f"--preset {preset} is not one of {codec}'s presets: {', '.join(PRESETS[codec])}")
+        options["preset"] = preset
+    elif preset is not None and "preset" in private and private["preset"].type.name == "INT":  # libsvtav1: numbered presets
+        low, high = int(private["preset"].min), int(private["preset"].max)
+        if not (preset.lstrip("-").isdigit() and low <= int(preset) <= high):
+            raise UsageError(f"--preset {preset}: {codec} takes a number {low}..{high} (lower is slower and better)")
+        options["preset"] = preset
+    elif preset is not None:
+        warn(f"{codec} has no presets; --preset ignored")
+    options.update(config.options)
+    return options
+
+
+def vpx_speed(preset: str, width: int) -> dict[str, str]:
+    """libvpx's speed from an x264 preset name: cpu-used 8 (ultrafast) .. 0 (placebo), realtime for the three fastest;
+    row multithreading on, and as many tile columns as the width allows (each encodes in its own thread)."""
+    speed = min(X264_PRESETS.index(preset), 8)  # ultrafast 0 ... veryslow and placebo 8
+    columns = max(0, min(VPX_MAX_TILE_COLUMNS, (width // VPX_MIN_TILE_WIDTH).bit_length() - 1))  # log2 of the tiles that fit
+    return {"cpu-used": str(8 - speed), "deadline": "realtime" if speed < 3 else "good", "row-mt": "1", "tile-columns": str(columns)}
 
 
 def choose_pix_fmt(codec: str, video: VideoInfo, size: tuple[int, int]) -> tuple[str, str | None]:
@@ -110,7 +163,9 @@ class VideoWriter:
         info, video = self.info, self.info.video
         self._file = open(self.path, "wb")
         try:
-            self._output = av.open(self._file, "w")  # the format from the name's extension
+            # The format from the name's extension; mp4/mov with the index (moov) moved to the front at the end.
+            faststart = self.config.faststart and self.path.suffix.lower() in FASTSTART_SUFFIXES
+            self._output = av.open(self._file, "w", options={"movflags": "+faststart"} if faststart else {})
         except ValueError:
             raise UsageError(f"{self.path}: cannot tell the output format from the extension") from None
         self._source = open_input(info.path)
@@ -123,8 +178,21 @@ class VideoWriter:
         )
         if self._source.chapters():
             self._output.set_chapters(self._source.chapters())
-        # Write the header now: refusals that only show at the first mux surface before any frame work.
-        self._output.start_encoding()
+        # Write the header now: refusals that only show at the first mux surface before any frame work. The
+        # encoders open here: what they print (x265 writes to stderr itself) becomes part of our one error line.
+        try:
+            with encoder_messages() as messages:
+                self._output.start_encoding()
+        except av.error.FFmpegError as e:
+            logged = getattr(e, "log", None)  # (level, name, message): FFmpeg's last error line, x264's among them
+            said = messages[-1] if messages else logged[2].strip() if logged else None
+            if isinstance(e, OSError) or not said:
+                raise
+            raise UsageError(f"{self._video.codec_context.name} refused its settings: {said}") from None
+        # What the encoder did not take, FFmpeg ignores silently (the container's own options are in this dict too).
+        unused = [key for key, _ in self.config.options if key in self._video.codec_context.options]
+        if unused:
+            raise UsageError(f"--encoder-opt {unused[0]}: {self._video.codec_context.name} has no such option")
         for route in self._routes:
             self._output.mux(route.once)
         carried = [r.source for r in self._routes if r.mode != "cover"]
@@ -140,6 +208,8 @@ class VideoWriter:
             encoder = av.codec.Codec(codec, "w")
         except av.codec.codec.UnknownCodecError:
             raise UsageError(f"unknown video encoder {codec!r} (FFmpeg's encoder names: libx264, libx265, libsvtav1, libvpx-vp9, ...)") from None
+        if encoder.type != "video":
+            raise UsageError(f"{codec} is an {encoder.type} encoder; --codec takes a video encoder (libx264, libx265, libsvtav1, libvpx-vp9, ...)")
         if config.pix_fmt:
             pix_fmt, note = config.pix_fmt, None
             takes = [f.name for f in encoder.video_formats or ()]
@@ -149,26 +219,13 @@ class VideoWriter:
             pix_fmt, note = choose_pix_fmt(codec, video, self.size)
         if note:
             self.emit(Event("warning", path=str(self.info.path), message=note))
-        options = {}
-        if config.crf is not None:
-            options["crf"] = str(config.crf)
-        if codec.startswith("libvpx"):
-            # libvpx's own default is a low fixed bitrate; constant quality needs crf with the bitrate cap off.
-            options.setdefault("crf", str(VPX_DEFAULT_CRF))
-            options["b"] = "0"
-        if config.preset is not None:
-            if codec in PRESET_CODECS:
-                options["preset"] = config.preset
-            elif codec.startswith("libvpx") and config.preset in X264_PRESETS:
-                speed = X264_PRESETS.index(config.preset)  # ultrafast = 8 ... veryslow = 0
-                options["cpu-used"] = str(8 - speed)
-                options["deadline"] = "realtime" if speed < 3 else "good"
-            else:
-                self.emit(Event("warning", path=str(self.info.path), message=f"{codec} has no presets; --preset ignored"))
+        options = encoder_options(codec, config, self.size, lambda text: self.emit(Event("warning", path=str(self.info.path), message=text)))
         hdr = hdr_params(codec, video)
         params = (["log-level=error"] if codec == "libx265" else []) + hdr  # x265 prints to stderr itself otherwise
+        key = f"{codec.removeprefix('lib')}-params"  # x264-params, x265-params, svtav1-params
+        params += [options.pop(key)] if key in options else []  # the user's own (--encoder-opt) last: they win
         if params:
-            options[f"{codec.removeprefix('lib')}-params"] = ":".join(params)  # x264-params, x265-params, svtav1-params
+            options[key] = ":".join(params)
         if codec == "libsvtav1":
             os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 logs to stderr itself (read at encoder init); 1 = errors
         if (video.mastering_display or video.content_light) and not hdr:
@@ -378,6 +435,36 @@ class VideoWriter:
 def _time(packet) -> Fraction | None:
     ts = packet.pts if packet.pts is not None else packet.dts
     return ts * packet.time_base if ts is not None else None
+
+
+@contextlib.contextmanager
+def encoder_messages():
+    """Collect what encoders say while they open, as a list of lines, instead of letting it reach the terminal.
+
+    FFmpeg's own log (x264 speaks through it) stays quiet (``quiet_ffmpeg``; PyAV keeps its last error in
+    the exception); x265 and SVT-AV1 write to file descriptor 2 themselves, so it points at a temporary
+    file meanwhile (briefly: encoders open in well under a second, and nothing else of ours writes then).
+    """
+    messages: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as held:
+            os.dup2(held.fileno(), 2)
+            try:
+                yield messages
+            finally:
+                os.dup2(saved, 2)
+                held.seek(0)
+                messages += [clean_encoder_line(line) for line in held.read().decode(errors="replace").splitlines() if line.strip()]
+    finally:
+        os.close(saved)
+
+
+def clean_encoder_line(line: str) -> str:
+    """'x265 [error]: bad option' -> 'bad option'."""
+    line = line.strip()
+    return line.split("]:", 1)[1].strip() if line.split(" ", 1)[0].isidentifier() and "]:" in line else line
 
 
 @contextlib.contextmanager

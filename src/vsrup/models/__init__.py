@@ -54,7 +54,7 @@ class ModelInfo:
     """What the pipeline needs to know about a loaded model, before it runs."""
 
     name: str  # the family's short name, for messages
-    scale: int  # the factor the model produces; the pipeline resizes to the asked scale when they differ
+    scale: int | None  # the factor the model produces; the pipeline resizes to the asked size when they differ. None: any size (lanczos)
     kind: Literal["clip", "sequential"]
     flow: bool  # the model wants ``Window.flow``
     generative: bool  # a diffusion model: its frames get the colour fix, and CPU jobs the time estimate

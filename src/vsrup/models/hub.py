@@ -149,7 +149,7 @@ def fetch(repo: str, layout: Layout, revision: str | None, half: bool, emit: Emi
     except GatedRepoError:
         raise ModelError(f"{at} is gated: accept its terms on huggingface.co and set HF_TOKEN") from None
     except RepositoryNotFoundError:
-        raise ModelError(f"{at} was not found on the Hugging Face Hub (private repos need HF_TOKEN)") from None
+        raise ModelError(f"{at} is neither a folder here nor a repo on the Hugging Face Hub (private repos need HF_TOKEN)") from None
     except RevisionNotFoundError:
         raise ModelError(f"revision {revision!r} of {repo} does not exist") from None
     except Exception as error:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from vsrup.config import SampleConfig, UpscaleConfig
-from vsrup.events import Emit, ignore
+from vsrup.events import Emit, Event, ignore
 from vsrup.models import ModelInfo, Progress, Window
 from vsrup.resize import lanczos_resize
 
@@ -23,10 +23,13 @@ def settle(sample: SampleConfig) -> SampleConfig:
 
 class Model:
     def __init__(self, source: str | None, config: UpscaleConfig, emit: Emit = ignore):
-        # Native at every asked scale: the pipeline has nothing to resize. Frames are independent: windows of one.
-        self.info = ModelInfo(name="lanczos", scale=config.scale, kind="clip", flow=False, generative=False, cost=None, window=1)
+        if config.device not in ("auto", "cpu"):
+            emit(Event("warning", message=f"--model lanczos runs on the CPU; --device {config.device} is ignored"))
+        # Native at every asked size (scale None): the pipeline has nothing to resize. Frames are independent: windows of one.
+        self.info = ModelInfo(name="lanczos", scale=None, kind="clip", flow=False, generative=False, cost=None, window=1)
+        self.config = config
 
     def sample(self, window: Window, plan: None, progress: Progress) -> np.ndarray:
         t, h, w, _ = window.frames.shape  # (T, h, w, 3)
-        s = self.info.scale
-        return lanczos_resize(window.frames, h * s, w * s)  # (T, H, W, 3)
+        out_w, out_h = self.config.output_size(w, h)
+        return lanczos_resize(window.frames, out_h, out_w)  # (T, H, W, 3)

@@ -59,6 +59,8 @@ def choose(model: str) -> Choice:
     folder = Path(model).expanduser()
     if folder.is_dir():
         return Choice(folder_family(folder), model)
+    if REPO_ID.match(model) and folder.parent.is_dir():  # "weights/sdx4" beside a weights/ folder: a path, not a Hub id
+        raise UsageError(f"unknown model {model!r}: no such folder ({folder.parent}/ exists, so this reads as a local path, not a Hub repo id)")
     if REPO_ID.match(model):
         known = [name for name, (_, repo) in FAMILIES.items() if repo == model]
         return Choice(known[0] if known else repo_family(model), model)
