@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tiny_sd import one_torch_thread  # noqa: F401  (fixture)
 from tiny_stablevsr import MARKER
+from test_stablevsr import oracle_warp  # out(p) = image(p + flow(p)), written there from the convention
 from tiny_stream import REPO_ID, tiny_stream_cache, tiny_stream_folder, tiny_tae  # noqa: F401  (fixtures)
 
 import media_factory as mf
@@ -68,15 +69,6 @@ def model(tiny_stream_folder):
 
 
 # --- the oracle ---------------------------------------------------------------------------------
-
-
-def oracle_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """out(p) = image(p + flow(p)), bilinear, edge pixels repeated outside, pixel centres at integers."""
-    _, _, h, w = image.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    x = (xs + flow[:, 0]) / (w - 1) * 2 - 1  # (1, h, w)
-    y = (ys + flow[:, 1]) / (h - 1) * 2 - 1
-    return F.grid_sample(image, torch.stack([x, y], dim=-1), mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def oracle_features(tae, image: torch.Tensor) -> list[torch.Tensor]:

@@ -159,17 +159,22 @@ def seed_hf_cache(cache: Path, snapshot_source: Path, repo_id: str = REPO_ID, co
     return snapshot
 
 
-_BUILT: dict[str, Path] = {}  # one tiny model and one seeded cache per test session
+_BUILT: dict[str, dict[str, Path]] = {}  # per tiny family: one model folder and one seeded cache per test session
+
+
+def built_once(tmp_path_factory, name: str, build, repo_id: str, commit: str) -> dict[str, Path]:
+    """The tiny family ``name``: ``build(folder)`` once per session, and a Hugging Face cache holding it as ``repo_id``."""
+    if name not in _BUILT:
+        folder = tmp_path_factory.mktemp(f"tiny-{name}") / "model"
+        build(folder)
+        hf_home = tmp_path_factory.mktemp(f"hf-home-{name}")
+        snapshot = seed_hf_cache(hf_home / "hub", folder, repo_id=repo_id, commit=commit)
+        _BUILT[name] = dict(folder=folder, hf_home=hf_home, snapshot=snapshot)
+    return _BUILT[name]
 
 
 def _built(tmp_path_factory) -> dict[str, Path]:
-    if not _BUILT:
-        folder = tmp_path_factory.mktemp("tiny-sd-x4") / "model"
-        build_tiny_components(folder)
-        hf_home = tmp_path_factory.mktemp("hf-home")
-        seed_hf_cache(hf_home / "hub", folder)
-        _BUILT.update(folder=folder, hf_home=hf_home)
-    return _BUILT
+    return built_once(tmp_path_factory, "sd-x4", build_tiny_components, REPO_ID, COMMIT)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny_sd import TINY_UNET, point_hf_at, seed_hf_cache, tiny_tokenizer, tiny_vae_and_text_encoder
+from tiny_sd import TINY_UNET, built_once, point_hf_at, tiny_tokenizer, tiny_vae_and_text_encoder
 
 REPO_ID = "claudiom4sir/StableVSR"
 COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
@@ -26,26 +26,37 @@ Path(__file__).with_name("{MARKER}").write_text("imported")
 '''
 
 
+def tiny_controlnet(unet, seed: int):
+    """``ControlNetModel.from_unet`` with a 3-level conditioning embedding (StableVSR's train.py), seeded.
+
+    from_unet zero-initialises the residual convolutions and the control embedding's last conv (ControlNet's
+    init): a trained ControlNet's are not zero, and with zeros the tests could not tell a control image from
+    none. The embedding's is drawn large, so that moving the control image moves the residuals visibly.
+    """
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16))
+    with torch.no_grad():
+        for conv, std in [*((c, 0.3) for c in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]),
+                          (controlnet.controlnet_cond_embedding.conv_out, 3.0)]:
+            conv.weight.normal_(0, std)
+            conv.bias.normal_(0, 0.05)
+    return controlnet
+
+
 def build_tiny_stablevsr(folder: Path) -> dict:
     """Tiny random StableVSR components (seeded), saved in the real repo's layout at ``folder``."""
     import torch
-    from diffusers import ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
 
     from vsrup.models.configs import STABLEVSR_SCHEDULER_CONFIG
 
     tokenizer = tiny_tokenizer(folder.parent / "stablevsr-tokenizer-src")
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**TINY_UNET)  # no class embedding: the low-resolution frame enters clean
-    torch.manual_seed(1)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16))
-    # from_unet zero-initialises the residual convolutions and the control embedding's last conv (ControlNet's
-    # init): a trained ControlNet's are not zero, and with zeros the tests could not tell a control image from
-    # none. The embedding's is drawn large, so that moving the control image moves the residuals visibly.
-    with torch.no_grad():
-        for conv, std in [*((c, 0.3) for c in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]),
-                          (controlnet.controlnet_cond_embedding.conv_out, 3.0)]:
-            conv.weight.normal_(0, std)
-            conv.bias.normal_(0, 0.05)
+    controlnet = tiny_controlnet(unet, seed=1)
     vae, text_encoder = tiny_vae_and_text_encoder(tokenizer)
     scheduler = DDIMScheduler.from_config(STABLEVSR_SCHEDULER_CONFIG)
     for name, part in dict(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler).items():
@@ -64,17 +75,8 @@ def build_tiny_stablevsr(folder: Path) -> dict:
     return dict(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
 
-_BUILT: dict[str, Path] = {}
-
-
 def _built(tmp_path_factory) -> dict[str, Path]:
-    if not _BUILT:
-        folder = tmp_path_factory.mktemp("tiny-stablevsr") / "model"
-        build_tiny_stablevsr(folder)
-        hf_home = tmp_path_factory.mktemp("hf-home-stablevsr")
-        snapshot = seed_hf_cache(hf_home / "hub", folder, repo_id=REPO_ID, commit=COMMIT)
-        _BUILT.update(folder=folder, hf_home=hf_home, snapshot=snapshot)
-    return _BUILT
+    return built_once(tmp_path_factory, "stablevsr", build_tiny_stablevsr, REPO_ID, COMMIT)
 
 
 @pytest.fixture(scope="session")

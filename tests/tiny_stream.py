@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny_sd import TINY_UNET, point_hf_at, seed_hf_cache, tiny_tokenizer, tiny_vae_and_text_encoder
-from tiny_stablevsr import CUSTOM_PIPELINE
+from tiny_sd import TINY_UNET, built_once, point_hf_at, tiny_tokenizer, tiny_vae_and_text_encoder
+from tiny_stablevsr import CUSTOM_PIPELINE, tiny_controlnet
 
 REPO_ID = "Jamichsu/Stream-DiffVSR"
 COMMIT = "c0d0ce1c0d0ce1c0d0ce1c0d0ce1c0d0ce1c0d0"
@@ -55,20 +55,14 @@ def tiny_tae(seed: int = 2):
 def build_tiny_stream(folder: Path) -> dict:
     """Tiny random Stream-DiffVSR components (seeded), saved in the real repo's layout at ``folder``."""
     import torch
-    from diffusers import ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
 
     from vsrup.models.configs import STREAM_SCHEDULER_CONFIG
 
     tokenizer = tiny_tokenizer(folder.parent / "stream-tokenizer-src")
     torch.manual_seed(3)
     unet = UNet2DConditionModel(**TINY_UNET)  # no class embedding
-    torch.manual_seed(4)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16))
-    with torch.no_grad():  # not ControlNet's zero init, so that the control image visibly matters (tiny_stablevsr.py)
-        for conv, std in [*((c, 0.3) for c in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]),
-                          (controlnet.controlnet_cond_embedding.conv_out, 3.0)]:
-            conv.weight.normal_(0, std)
-            conv.bias.normal_(0, 0.05)
+    controlnet = tiny_controlnet(unet, seed=4)
     _, text_encoder = tiny_vae_and_text_encoder(tokenizer)
     vae = tiny_tae()
     scheduler = DDIMScheduler.from_config(STREAM_SCHEDULER_CONFIG)
@@ -88,17 +82,8 @@ def build_tiny_stream(folder: Path) -> dict:
     return dict(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
 
-_BUILT: dict[str, Path] = {}
-
-
 def _built(tmp_path_factory) -> dict[str, Path]:
-    if not _BUILT:
-        folder = tmp_path_factory.mktemp("tiny-stream") / "model"
-        build_tiny_stream(folder)
-        hf_home = tmp_path_factory.mktemp("hf-home-stream")
-        snapshot = seed_hf_cache(hf_home / "hub", folder, repo_id=REPO_ID, commit=COMMIT)
-        _BUILT.update(folder=folder, hf_home=hf_home, snapshot=snapshot)
-    return _BUILT
+    return built_once(tmp_path_factory, "stream", build_tiny_stream, REPO_ID, COMMIT)
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+    from vsrup.config import SampleConfig
+
     from vsrup.flow import Flow
     from vsrup.memory import Cost, MemoryPlan
 
@@ -95,3 +97,19 @@ class SequentialModel(Protocol):
 
 
 Model = ClipModel | SequentialModel
+
+
+def settle_fixed(sample: SampleConfig, name: str, refused: dict[str, str], defaults: dict) -> SampleConfig:
+    """``settle`` for a family with a fixed recipe: a UsageError for each option of ``refused`` (option -> why)
+    that is set, for a scheduler other than ``defaults["scheduler"]`` and for fewer than 1 step; then ``defaults``."""
+    from vsrup.errors import UsageError
+
+    for option, why in refused.items():
+        if getattr(sample, option) is not None:
+            raise UsageError(f"--{option.replace('_', '-')} does not apply to --model {name}: {why}")
+    sample = sample.with_defaults(defaults)
+    if sample.scheduler != defaults["scheduler"]:
+        raise UsageError(f"--model {name} samples with {defaults['scheduler']}, as published; got --scheduler {sample.scheduler}")
+    if sample.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {sample.steps}")
+    return sample

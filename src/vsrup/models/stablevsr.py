@@ -19,10 +19,10 @@ from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DCondi
 
 from vsrup.config import SampleConfig, UpscaleConfig
 from vsrup.device import vae_dtype
-from vsrup.errors import ModelError, UsageError
+from vsrup.errors import ModelError
 from vsrup.events import Emit, Event, ignore
 from vsrup.memory import Cost, MemoryPlan, stage
-from vsrup.models import ModelInfo, Progress, Window, hub
+from vsrup.models import ModelInfo, Progress, Window, hub, settle_fixed
 from vsrup.models.configs import CONTROLNET_IN_UNET_EVALS, VAE_DECODE_IN_UNET_EVALS
 from vsrup.models.loading import compile_errors, compile_networks, encode_prompts, load_network, loading, placement
 from vsrup.sampling.noise import generators
@@ -67,15 +67,7 @@ CONTROLNET_RESIDUAL_BYTES = 5_300  # fp32 bytes per latent px: the 13 residuals 
 
 def settle(sample: SampleConfig) -> SampleConfig:
     """``sample`` with StableVSR's defaults; a UsageError for an option it cannot honour."""
-    for name, why in REFUSED.items():
-        if getattr(sample, name) is not None:
-            raise UsageError(f"--{name.replace('_', '-')} does not apply to --model stablevsr: {why}")
-    sample = sample.with_defaults(DEFAULTS)
-    if sample.scheduler != "ddpm":
-        raise UsageError(f"--model stablevsr samples with ddpm, as published; got --scheduler {sample.scheduler}")
-    if sample.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {sample.steps}")
-    return sample
+    return settle_fixed(sample, "stablevsr", REFUSED, DEFAULTS)
 
 
 class Model:

@@ -16,43 +16,29 @@ from the published code are in docs/models/stream-diffvsr.md.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from diffusers import ControlNetModel, DDIMScheduler, UNet2DConditionModel
 
 from vsrup.config import SampleConfig, UpscaleConfig
 from vsrup.device import vae_dtype
-from vsrup.errors import ModelError, UsageError
+from vsrup.errors import ModelError
 from vsrup.events import Emit, Event, ignore
 from vsrup.flow import upscale_flow, warp
 from vsrup.memory import Cost, MemoryPlan, stage
-from vsrup.models import ModelInfo, Progress, Window, hub
+from vsrup.models import ModelInfo, Progress, Window, settle_fixed
 from vsrup.models.configs import CONTROLNET_IN_UNET_EVALS
 from vsrup.models.loading import compile_errors, compile_networks, encode_prompts, load_network, loading, placement
+from vsrup.models import stablevsr
 from vsrup.models.stablevsr import CONTROLNET_RESIDUAL_BYTES, SCALE, check_networks, controlled_denoiser
 from vsrup.models.temporal_tiny import TemporalAutoencoderTiny
 from vsrup.sampling.noise import generators
 from vsrup.sampling.stream import sample_frame
 from vsrup.sampling.tiny_decode import HALO, decode, previous_features
 
-FILES = hub.Layout(
-    what="Stream-DiffVSR",
-    configs=(
-        "model_index.json",
-        "scheduler/scheduler_config.json",
-        "unet/config.json",
-        "controlnet/config.json",
-        "vae/config.json",
-        "text_encoder/config.json",
-    ),
-    folders=("tokenizer",),
-    weights={
-        "unet": "diffusion_pytorch_model",
-        "controlnet": "diffusion_pytorch_model",
-        "vae": "diffusion_pytorch_model",
-        "text_encoder": "model",
-    },
-)
+FILES = replace(stablevsr.FILES, what="Stream-DiffVSR")  # the same subfolders and files as StableVSR's repo (nextmodels.md §2.1)
 PIPELINE_CLASSES = ("StreamDiffVSRPipeline",)  # model_index.json "_class_name" (nextmodels.md §2.2)
 
 DEFAULTS = dict(steps=4, scheduler="ddim")  # inference.py: 4 steps of the repo's DDIMScheduler, eta 0
@@ -78,15 +64,7 @@ REFUSED = {  # options of other models that Stream-DiffVSR has no use for, and w
 
 def settle(sample: SampleConfig) -> SampleConfig:
     """``sample`` with Stream-DiffVSR's defaults; a UsageError for an option it cannot honour."""
-    for name, why in REFUSED.items():
-        if getattr(sample, name) is not None:
-            raise UsageError(f"--{name.replace('_', '-')} does not apply to --model stream-diffvsr: {why}")
-    sample = sample.with_defaults(DEFAULTS)
-    if sample.scheduler != "ddim":
-        raise UsageError(f"--model stream-diffvsr samples with ddim, as published; got --scheduler {sample.scheduler}")
-    if sample.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {sample.steps}")
-    return sample
+    return settle_fixed(sample, "stream-diffvsr", REFUSED, DEFAULTS)
 
 
 class Model:

@@ -101,31 +101,25 @@ def decode(tae: TemporalAutoencoderTiny, latents: torch.Tensor, previous: list[t
     restart: the stock decoder). ``tile`` 0 decodes the whole frame at once.
     """
     n, _, h, w = latents.shape  # (N, 4, h, w)
-    blocks = tae.blocks(tae.decoder)
     rows, cols = regions(h, tile), regions(w, tile)
+    # 1. Tiles with the TPMs running: one pass per block for the frame's pooled features of block k (from the
+    #    fused maps of the blocks before it), then its fused map. One tile (the whole frame) fuses as it goes.
+    fused = None
+    if previous is not None and len(rows) * len(cols) > 1:
+        fused = []
+        for k, block in enumerate(tae.blocks(tae.decoder)):
+            current = None
+            for y0, y1, top, bottom in rows:
+                for x0, x1, left, right in cols:
+                    c, scale = decode_region(tae, latents, (top, bottom), (left, right), previous, fused, stop=k)  # (N, 64, s*th, s*tw)
+                    inner = c[:, :, (y0 - top) * scale : (y1 - top) * scale, (x0 - left) * scale : (x1 - left) * scale]
+                    if current is None:
+                        current = c.new_zeros(n, c.shape[1], h * scale // POOL, w * scale // POOL)
+                    paste(current, pool(inner), y0 * scale // POOL, x0 * scale // POOL)
+            fused.append(block.temporal(current, previous[k]))  # (N, 64, hk // 4, wk // 4)
+
+    # 2. Every tile, each block with its fused map (or none, at a restart).
     out = latents.new_empty(n, 3, h * FACTOR, w * FACTOR, dtype=torch.float32)  # (N, 3, 4h, 4w)
-    if previous is None or (len(rows) == 1 and len(cols) == 1):
-        for y0, y1, top, bottom in rows:
-            for x0, x1, left, right in cols:
-                part = decode_region(tae, latents, (top, bottom), (left, right), previous, None)  # (N, 3, 4th, 4tw)
-                crop = part[:, :, (y0 - top) * FACTOR : (y1 - top) * FACTOR, (x0 - left) * FACTOR : (x1 - left) * FACTOR]
-                out[:, :, y0 * FACTOR : y1 * FACTOR, x0 * FACTOR : x1 * FACTOR] = crop
-        return out
-
-    # 1. One pass per block: the frame's pooled features of block k, from the fused maps of blocks < k.
-    fused: list[torch.Tensor] = []
-    for k, block in enumerate(blocks):
-        current = None
-        for y0, y1, top, bottom in rows:
-            for x0, x1, left, right in cols:
-                c, scale = decode_region(tae, latents, (top, bottom), (left, right), previous, fused, stop=k)  # (N, 64, s*th, s*tw)
-                inner = c[:, :, (y0 - top) * scale : (y1 - top) * scale, (x0 - left) * scale : (x1 - left) * scale]
-                if current is None:
-                    current = c.new_zeros(n, c.shape[1], h * scale // POOL, w * scale // POOL)
-                paste(current, pool(inner), y0 * scale // POOL, x0 * scale // POOL)
-        fused.append(block.temporal(current, previous[k]))  # (N, 64, hk // 4, wk // 4)
-
-    # 2. Every tile with every block's fused map.
     for y0, y1, top, bottom in rows:
         for x0, x1, left, right in cols:
             part = decode_region(tae, latents, (top, bottom), (left, right), previous, fused)  # (N, 3, 4th, 4tw)
