@@ -141,6 +141,39 @@ def test_sequential_state_carries_flow_and_memory():
     assert all(np.abs(a - b).max() > 0.01 for a, b in zip(with_memory[1:], memoryless[1:]))
 
 
+def test_a_sequential_models_next_flow_is_estimated_while_a_frame_samples(monkeypatch):
+    """The pair (i, i+1) is handed to the flow worker before frame i samples (and never across a cut), so the
+    flow is off the critical path; the frames are those of estimating each pair when it is needed."""
+    from vsrup.flow import FlowWorker
+
+    order = []
+    submit = FlowWorker.submit
+    monkeypatch.setattr(FlowWorker, "submit", lambda self, frames: (order.append("flow"), submit(self, frames))[1])
+
+    class Logged(Recurrent):
+        def step(self, window, state, plan, progress):
+            order.append(window.indices[0])
+            return super().step(window, state, plan, progress)
+
+    frames = sequence(8, cuts=(5,), h=16, w=20)
+    _, images, _ = run(frames, CONFIG, model=Logged(restart_every=None))
+    # 4 pairs in the shot 0-4 and 2 in the shot 5-7: each submitted before the first frame of its pair samples
+    assert order == ["flow", 0, "flow", 1, "flow", 2, "flow", 3, 4, "flow", 5, "flow", 6, 7]
+    from vsrup.clips import restarts
+    from vsrup.flow import estimate_flow
+    from vsrup.models import Window
+
+    straight, state, previous, reference = Recurrent(restart_every=None), None, None, []  # each pair's flow when needed
+    for frame, restart in restarts(frames, None, CONFIG.sample.scene_threshold):
+        state = None if restart else state
+        flow = estimate_flow(np.stack([previous.image, frame.image])) if state is not None else None
+        out, state = straight.step(Window(frame.image[None], (frame.index,), flow), state, None, lambda fraction: None)
+        reference.append(out[0].clamp(0, 1).numpy())
+        previous = frame
+    assert len(images) == len(reference) == 8
+    assert all(np.array_equal(a, b) for a, b in zip(images, reference))
+
+
 def test_sequential_model_without_fixed_restarts_runs_from_a_shot_start():
     """Without restart_every the shot's end is not known ahead: a partial run computes from each shot start
     that a wanted frame may follow (here 0, since the cut at 5 is not yet seen there), and stops at the end."""

@@ -393,11 +393,15 @@ def stream_sequence(frames, model, runner: ModelRunner, flows: Flows, config: Up
 
     The model runs from a restart point only when a wanted frame may follow before the next fixed
     restart (every ``restart_every`` frames; without it, before the shot ends), so a partial run
-    starts where a whole run resets its state and gives the same frames.
+    starts where a whole run resets its state and gives the same frames. The flow of the next pair is
+    estimated in the background while a frame samples, off the critical path as for clips.
     """
     every = model.info.restart_every
     state, running, previous = None, False, None
-    for frame, restart in restarts(frames, every, config.sample.scene_threshold):
+    frames = restarts(frames, every, config.sample.scene_threshold)
+    upcoming = next(frames, None)
+    while upcoming is not None:
+        (frame, restart), upcoming = upcoming, next(frames, None)  # one frame of look-ahead: the next pair's flow
         i = frame.index
         if stop is not None and i >= stop:
             return
@@ -409,6 +413,9 @@ def stream_sequence(frames, model, runner: ModelRunner, flows: Flows, config: Up
                 emit(Event("info", message=f"{model.info.name} carries its state from frame {i}, where the shot starts: "
                                            "the frames before the first one asked for are computed, not written"))
         if running:
+            if upcoming is not None and not upcoming[1] and (stop is None or upcoming[0].index < stop):
+                # the next frame continues the shot: its pair's flow is estimated while this frame samples
+                flows.prefetch(np.stack([frame.image, upcoming[0].image]), (i, upcoming[0].index))  # (2, h, w, 3)
             pair = np.stack([previous.image, frame.image]) if state is not None else None  # (2, h, w, 3)
             flow = flows.get(pair, (previous.index, i)) if pair is not None else None
             window = Window(frame.image[None], (i,), flow)
