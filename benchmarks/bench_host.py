@@ -1,6 +1,7 @@
 """Does the host keep an accelerator busy at real sizes? The pipeline with the GPU's work replaced by a wait.
 
     python benchmarks/bench_host.py --size 480x854 --frames 24 --accelerator-s 1.5 --json
+    python benchmarks/bench_host.py --size 480x854 --frames 24 --accelerator-s 0.36 --kind sequential --json   # the fast mode
 
 A diffusion job on a GPU is the GPU's time plus whatever the host adds on the main thread while the
 GPU waits: decoding, scene-cut scoring, flow, cross-fades, float conversions, colour conversion and
@@ -54,12 +55,12 @@ class Accelerator:
     leaves it out rather than charge the host for it.
     """
 
-    def __init__(self, seconds_per_frame: float):
+    def __init__(self, seconds_per_frame: float, kind: str = "clip"):
         import torch
 
         from vsrup.models import ModelInfo
 
-        self.info = ModelInfo(name="accelerator", scale=4, kind="clip", flow=True, generative=False, cost=None)
+        self.info = ModelInfo(name="accelerator", scale=4, kind=kind, flow=True, generative=False, cost=None)
         self.device = torch.device("cpu")
         self.seconds = seconds_per_frame
         self.busy = 0.0
@@ -83,6 +84,13 @@ class Accelerator:
         self.copy_s += self.finished - copy_start
         return torch.from_numpy(out.reshape(t, h * 4, w * 4, c))  # (T, 4h, 4w, 3)
 
+    def step(self, window, state, plan, progress):
+        """As a causal model (``--kind sequential``): one frame, its pair's flow when it has a state; the state
+        (the previous output) stays on the GPU, so only a token crosses here."""
+        if state is not None and window.flow is None:
+            raise AssertionError("a frame after the first of its shot gets its pair's flow")
+        return self.sample(window, plan, progress), True
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=24)
     p.add_argument("--accelerator-s", type=float, default=1.5, help="seconds of accelerator work per sampled frame (clips overlap, so an output frame costs clip_len / (clip_len - overlap) of it)")
     p.add_argument("--clip-len", type=int, default=None, help="default: the library's (8)")
+    p.add_argument("--kind", choices=("clip", "sequential"), default="clip",
+                   help="clip: like sd-x4 (overlapping clips, flow a clip ahead); sequential: like stream-diffvsr (a frame at a time, the next pair's flow ahead)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
 
@@ -109,7 +119,7 @@ def main(argv=None) -> dict:
 
     defaults = SampleConfig()
     config = UpscaleConfig(scale=4, overwrite=True, sample=SampleConfig(clip_len=args.clip_len or defaults.clip_len))
-    accelerator = Accelerator(args.accelerator_s)
+    accelerator = Accelerator(args.accelerator_s, args.kind)
     with tempfile.TemporaryDirectory(prefix="vsrup-bench-host-") as tmp:
         source, target = Path(tmp) / "input.mp4", Path(tmp) / "output.mp4"
         make_video(source, args.frames, width, height)
@@ -139,7 +149,7 @@ def main(argv=None) -> dict:
         "process_cpu_s_per_frame": process_cpu / frames,
         "output_bytes": output_bytes,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "settings": {"size": f"{height}x{width}", "accelerator_s_per_frame": args.accelerator_s, "clip_len": config.sample.clip_len,
+        "settings": {"size": f"{height}x{width}", "kind": args.kind, "accelerator_s_per_frame": args.accelerator_s, "clip_len": config.sample.clip_len,
                      "clip_overlap": config.sample.clip_overlap, "cpus": os.cpu_count()},
         "load_average": os.getloadavg()[0],
         "commit": _commit(),
