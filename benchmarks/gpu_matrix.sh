@@ -13,6 +13,7 @@
 #   pipeline_untiled.json  the same as pipeline.json, --tile 0 (the floor without tile overlap)
 #   pipeline_compile.json  the same as pipeline.json with --compile (a warm-up run compiles)
 #   host.json              bench_host at SIZE with the accelerator time measured in pipeline.json
+#   host_stream.json       bench_host --kind sequential at SIZE with the GPU time per frame measured in stream.json
 #   stablevsr.json         bench_pipeline --model stablevsr at SIZE, default tiles (its own defaults but STEPS)
 # Each run's stderr goes to NAME.err beside it. Needs the project's dependencies importable (on the
 # workplace's lent GPU machines diffusers and av are missing: carry them as wheels first).
@@ -56,5 +57,11 @@ s, f = r['stages'], r['frames']
 sampled = sum(min(8, f - 6 * k) for k in range(1 + max(0, -(-(f - 8) // 6))))
 print(round((s['unet'] + s['vae'] + s['guidance'] + s['color_fix']) / sampled, 3))" "$out/pipeline.json" 2>/dev/null || echo 1.5)
 run host python3 "$here/bench_host.py" --size "$size" --frames 48 --accelerator-s "$accel" --json
+stream_s=$(python3 -c "
+import json, sys
+r = json.load(open(sys.argv[1]))
+s = r['stages']
+print(round((s['unet'] + s['controlnet'] + s['vae'] + s['color_fix']) / r['frames'], 3))" "$out/stream.json" 2>/dev/null || echo 0.36)
+run host_stream python3 "$here/bench_host.py" --size "$size" --frames 48 --accelerator-s "$stream_s" --kind sequential --json
 run stablevsr python3 "$here/bench_pipeline.py" --model stablevsr --device "$device" --size "$size" --frames "$frames" --steps "$steps" --json
 ls -l "$out" >&2
