@@ -347,3 +347,47 @@ def test_another_repo_of_the_family_is_known_by_its_model_index(tiny_stream_fold
     point_hf_at(monkeypatch, tmp_path)
     assert choose("someone/Stream-DiffVSR-variant").family == "stream-diffvsr"
     assert choose("someone/not-cached-anywhere").family == "sd-x4"  # offline and unknown: the default, as before
+
+
+def test_out_of_memory_in_the_tiny_decoder_retries_in_tiles_with_the_same_state(model, monkeypatch):
+    """A CUDA OOM in the whole-frame decode of a guided frame shrinks the decode to tiles (exact), keeps the
+    state the frame started with, and gives the same frame; the next frames continue from it."""
+    from vsrup.models import stream_diffvsr
+    from vsrup.runner import ModelRunner
+
+    h, w = 40, 72  # large enough for a decode tile above the plan's floor (32 latent px)
+    frames = np.random.default_rng(2).random((3, h, w, 3), dtype=np.float32)
+    motion = torch.tensor(M).view(1, 2, 1, 1).expand(1, 2, h, w)  # (1, 2, h, w)
+    zeros = torch.zeros(1, 1, h, w)
+    flow = Flow(i_to_next=motion.clone(), next_to_i=-motion, occ_i=zeros, occ_next=zeros.clone())
+    config = UpscaleConfig(model="stream-diffvsr", device="cpu", sample=SampleConfig(seed=SEED, steps=2, color_fix="none"))
+
+    def run_frames():
+        runner, state, out = ModelRunner(model, config), None, []
+        for n in range(3):
+            window = Window(frames[n : n + 1], (n,), flow if state is not None else None)
+
+            def step(plan, progress):
+                nonlocal state
+                image, state = model.step(window, state, plan, progress)
+                return image
+
+            out.append(runner.run(window, step))
+        return out, runner
+
+    expected, _ = run_frames()
+    decode, failed = stream_diffvsr.decode, []
+
+    def decode_once_out_of_memory(tae, latents, previous, tile):
+        if previous is not None and tile == 0 and not failed:
+            failed.append(tile)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return decode(tae, latents, previous, tile)
+
+    monkeypatch.setattr(stream_diffvsr, "decode", decode_once_out_of_memory)
+    got, runner = run_frames()
+    assert failed == [0]
+    (retry,) = runner.planner.retries.values()
+    assert retry.plan.vae_tile == 32  # the rest of the job decodes in tiles
+    assert max(levels(a, b) for a, b in zip(expected, got)) <= 1  # a value on a rounding edge may flip
+    assert max(np.abs(a - b).max() for a, b in zip(expected, got)) < 1e-5  # tiles are exact, and the state was kept
