@@ -36,12 +36,12 @@ class EncodeConfig:
 class SampleConfig:
     """The diffusion sampler, its tiles and its temporal mechanisms (ignored by `lanczos`).
 
-    None means "the model's default": each family fills in its own (models/sd_x4.py, models/stablevsr.py
-    ``DEFAULTS``) and refuses, with a usage error, options it has no use for when they are set.
+    None means "the model's default": each family fills in its own (``DEFAULTS`` of models/sd_x4.py,
+    models/stablevsr.py, models/stream_diffvsr.py) and refuses, with a usage error, options it has no use for when they are set.
     """
 
     # Sampler.
-    steps: int | None = None  # sd-x4: 30 (Upscale-A-Video's); stablevsr: 50 (as published)
+    steps: int | None = None  # sd-x4: 30 (Upscale-A-Video's); stablevsr: 50, stream-diffvsr: 4 (as published)
     guidance: float | None = None  # classifier-free guidance scale; <= 1 disables it. sd-x4: 6.0; stablevsr has none
     prompt: str | None = None  # sd-x4: Upscale-A-Video's "best quality, extremely detailed"; stablevsr: the empty prompt, fixed
     negative_prompt: str | None = None  # sd-x4: Upscale-A-Video's "blur, worst quality"

@@ -397,7 +397,7 @@ def stream_sequence(frames, model, runner: ModelRunner, flows: Flows, config: Up
     estimated in the background while a frame samples, off the critical path as for clips.
     """
     every = model.info.restart_every
-    state, running, previous = None, False, None
+    state, running, previous, pair = None, False, None, None
     frames = restarts(frames, every, config.sample.scene_threshold)
     upcoming = next(frames, None)
     while upcoming is not None:
@@ -413,11 +413,12 @@ def stream_sequence(frames, model, runner: ModelRunner, flows: Flows, config: Up
                 emit(Event("info", message=f"{model.info.name} carries its state from frame {i}, where the shot starts: "
                                            "the frames before the first one asked for are computed, not written"))
         if running:
+            current, pair = pair, None  # with a state, the pair (previous, this) was stacked and handed over a frame ago
             if upcoming is not None and not upcoming[1] and (stop is None or upcoming[0].index < stop):
                 # the next frame continues the shot: its pair's flow is estimated while this frame samples
-                flows.prefetch(np.stack([frame.image, upcoming[0].image]), (i, upcoming[0].index))  # (2, h, w, 3)
-            pair = np.stack([previous.image, frame.image]) if state is not None else None  # (2, h, w, 3)
-            flow = flows.get(pair, (previous.index, i)) if pair is not None else None
+                pair = np.stack([frame.image, upcoming[0].image])  # (2, h, w, 3)
+                flows.prefetch(pair, (i, upcoming[0].index))
+            flow = flows.get(current, (previous.index, i)) if state is not None else None
             window = Window(frame.image[None], (i,), flow)
 
             def step(plan, progress):

@@ -49,7 +49,8 @@ DEFAULTS = dict(steps=4, scheduler="ddim")  # inference.py: 4 steps of the repo'
 TINY_VAE_PER_PX = 32_000
 TINY_VAE_FIXED = 16 * 2**20
 TINY_VAE_TILES = (0, 256, 128, 64, 32)
-TINY_VAE_IN_UNET_EVALS = 0.12  # 530 kFLOP per output px (8.5 MFLOP per latent px) against the UNet's 69.9 MFLOP
+TINY_VAE_IN_UNET_EVALS = 0.12  # the encoder's features or the decoder: ~8 MFLOP per latent px each (15.9 counted together,
+# bench_pipeline --model stream-diffvsr --flops-only) against the UNet's 69.9 MFLOP
 
 REFUSED = {  # options of other models that Stream-DiffVSR has no use for, and why
     "guidance": "it samples without classifier-free guidance",
