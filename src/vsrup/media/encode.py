@@ -82,6 +82,22 @@ def encoder_options(codec: str, config: EncodeConfig, size: tuple[int, int], war
     return options
 
 
+def has_avx512() -> bool:
+    """Whether this CPU has the AVX-512 set x264 uses (Linux: /proc/cpuinfo; elsewhere unknown, taken as no).
+
+    x264's AVX-512 code gives run-to-run different streams for the same frames when a frame's width is
+    not a multiple of 64 (measured: 96x64 gave 3 different files in 5 runs, 128x64 one file, equal to
+    the C code's): it reads past the rows it is given. Its asm is bit-exact otherwise, so vsrup caps x264 at
+    AVX2 on such CPUs (``asm=AVX2``, the AVX2 level and all below): the same frames then give the same file
+    on every run and every x86 machine, at the cost of x264's AVX-512 speed-up.
+    """
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return {"avx512f", "avx512bw", "avx512vl"} <= set(flags)
+
+
 def vpx_speed(preset: str, width: int) -> dict[str, str]:
     """libvpx's speed from an x264 preset name: cpu-used 8 (ultrafast) .. 0 (placebo), realtime for the three fastest;
     row multithreading on, and as many tile columns as the width allows (each encodes in its own thread)."""
@@ -154,7 +170,7 @@ class VideoWriter:
                         raise
                     raise UsageError(f"{self.path}: the output cannot be set up ({first_line(e)})") from None
         except BaseException:
-            self._abort()
+            self.abort()
             raise
 
     # --- setup -----------------------------------------------------------------------------------
@@ -222,6 +238,7 @@ class VideoWriter:
         options = encoder_options(codec, config, self.size, lambda text: self.emit(Event("warning", path=str(self.info.path), message=text)))
         hdr = hdr_params(codec, video)
         params = (["log-level=error"] if codec == "libx265" else []) + hdr  # x265 prints to stderr itself otherwise
+        params += ["asm=AVX2"] if codec == "libx264" and has_avx512() else []
         key = f"{codec.removeprefix('lib')}-params"  # x264-params, x265-params, svtav1-params
         params += [options.pop(key)] if key in options else []  # the user's own (--encoder-opt) last: they win
         if params:
@@ -265,16 +282,26 @@ class VideoWriter:
 
     # --- writing ---------------------------------------------------------------------------------
 
+    @property
+    def pix_fmt(self) -> str:
+        """The pixel format the encoder takes; ``write_frame`` wants frames in it."""
+        return self._pix_fmt
+
     def write(self, image: np.ndarray, pts: int) -> None:
         """Encode one (H, W, 3) float32 RGB frame at ``pts`` (the input frame's, in video.time_base)."""
         w, h = self.size
         if image.shape != (h, w, 3):
             raise ValueError(f"frame of shape {image.shape}, the writer was opened for {(h, w, 3)}")
+        with _output_errors(self.path):
+            frame = from_rgb(image, self._pix_fmt, self.info.video)
+        self.write_frame(frame, pts)
+
+    def write_frame(self, frame: av.VideoFrame, pts: int) -> None:
+        """Encode one frame already in ``pix_fmt`` (``from_rgb``'s, or a job's unit read back) at ``pts``."""
         if self._last_pts is not None and pts <= self._last_pts:
             raise ValueError(f"pts {pts} after {self._last_pts}: timestamps must increase")
         tb = self.info.video.time_base
         with _output_errors(self.path):
-            frame = from_rgb(image, self._pix_fmt, self.info.video)
             frame.pts = pts
             frame.time_base = tb
             if self._first_time is None:
@@ -317,7 +344,7 @@ class VideoWriter:
                 self._closed = True
         finally:
             if not self._closed:
-                self._abort()
+                self.abort()
 
     def _mux(self, packets) -> None:
         for packet in packets:
@@ -421,9 +448,9 @@ class VideoWriter:
         if exc_type is None:
             self.close()
         else:
-            self._abort()
+            self.abort()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         """Release both containers after a failure; the file is left for the caller to delete."""
         self._closed = True
         for container in (self._output, self._file, self._source):
