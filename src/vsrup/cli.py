@@ -30,6 +30,7 @@ from vsrup.config import (
     FLOW_METHODS,
     SCHEDULERS,
     EncodeConfig,
+    JobConfig,
     SampleConfig,
     UpscaleConfig,
 )
@@ -47,7 +48,7 @@ app = typer.Typer(
     rich_markup_mode="rich",  # renders the option groups (rich_help_panel); help texts hold no [brackets]
 )
 
-E, S = EncodeConfig(), SampleConfig()
+E, S, J = EncodeConfig(), SampleConfig(), JobConfig()
 D = UpscaleConfig()
 
 
@@ -318,8 +319,9 @@ class Reporter:
 
 # ---------------------------------------------------------------- commands
 
-IO, MODEL, TEMPORAL, TILES, ENC, BATCH = (
+IO, MODEL, TEMPORAL, TILES, ENC, BATCH, JOBS = (
     "Input and output", "Model and sampling", "Temporal consistency", "Tiles and memory", "Encoding", "Batch and logging",
+    "Resumable jobs (docs/jobs.md)",
 )
 
 # Accepted ranges (inclusive) of the numeric options; an option left unset (None: auto, or the model's default) is not checked.
@@ -338,6 +340,8 @@ RANGES = {
     "clip_len": (1, 64),  # frames held and sampled together: 8x Upscale-A-Video's window, host memory grows with it
     "clip_overlap": (0, 63),  # below --clip-len (checked below)
     "scene_threshold": (0.0, 1.0),  # clips.cut_score is a fraction
+    "unit_len": (1, 10**7),  # frames per job unit; a unit is cut at the next clip start past this
+    "workers": (1, 4096),  # Ray actors
 }
 TILE_MIN = 16  # latent px: the UNet halves a tile three times, so 16 leaves it 2 px at its coarsest level
 TILE_MULTIPLE = 8  # and a multiple of 8 halves evenly (memory.smaller_tile keeps to it too)
@@ -401,6 +405,15 @@ EncoderOpt = Annotated[Optional[list[str]], typer.Option("--encoder-opt", "-e", 
 ThreadsOpt = Annotated[int, ranged("threads", metavar="N", help="Encoder threads; 0 lets FFmpeg choose. Pin it for bit-identical re-runs across machines.", rich_help_panel=ENC)]
 NoFaststartOpt = Annotated[bool, typer.Option("--no-faststart", help="mp4/mov: leave the index at the end (by default it goes to the front, so web players start at once).", rich_help_panel=ENC)]
 AudioOpt = Annotated[Audio, typer.Option(metavar=choices(Audio), help="copy (re-encoded, with a warning, where the container refuses), aac or none.", rich_help_panel=ENC)]
+ResumableOpt = Annotated[bool, typer.Option("--resumable", help="Run as a resumable job: units are kept losslessly in OUTPUT.vsrup-work/ and the same command continues after a crash; the output is encoded once at the end.", rich_help_panel=JOBS)]
+WorkDirOpt = Annotated[Optional[Path], typer.Option(metavar="DIR", readable=False, help="The job's work directory (implies --resumable); shared storage for --shard and --ray. A batch gets a folder per output in it.", rich_help_panel=JOBS)]
+UnitLenOpt = Annotated[int, ranged("unit_len", metavar="N", help="Frames per unit at least (cut at the next clip start): the most a crash loses per worker.", rich_help_panel=JOBS)]
+ShardOpt = Annotated[Optional[str], typer.Option(metavar="I/N", help="Render only shard I of N (0-based; units I, I+N, ...) into the shared --work-dir, e.g. from a SLURM job array; then run `vsrup assemble DIR`.", rich_help_panel=JOBS)]
+RayOpt = Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="Render the units on Ray actors, one GPU each: auto (the running cluster), ray://HOST:PORT, or local (start Ray here). Needs pip install 'vsrup\\[ray]'.", rich_help_panel=JOBS)]
+WorkersOpt = Annotated[Optional[int], ranged("workers", metavar="N", help="Ray actors (default: one per GPU of the cluster, or one); implies --ray local when --ray is not given.", rich_help_panel=JOBS)]
+RestartOpt = Annotated[bool, typer.Option("--restart", help="Discard the job's work directory and start over.", rich_help_panel=JOBS)]
+AcceptEnvOpt = Annotated[bool, typer.Option("--accept-env-change", help="Resume although the software or device changed (recorded; the output may then differ from an uninterrupted run's).", rich_help_panel=JOBS)]
+KeepWorkOpt = Annotated[bool, typer.Option("--keep-work", help="Keep the work directory after the output is written.", rich_help_panel=JOBS)]
 FormatOpt = Annotated[Optional[str], typer.Option("--format", metavar="EXT", help="Output container for a directory of outputs, e.g. mkv (default: each input's).", rich_help_panel=IO)]
 FramesOpt = Annotated[Optional[str], typer.Option(metavar="START:END", help="Only these frames (0-based, END exclusive).", rich_help_panel=IO)]
 StartOpt = Annotated[Optional[str], typer.Option(metavar="TIME", help="Start at this time, in seconds or HH:MM:SS.ms (ffmpeg -ss).", rich_help_panel=IO)]
@@ -461,7 +474,7 @@ def job_config(o: dict) -> UpscaleConfig:
     encode["options"] = tuple(parse_encoder_opt(text) for text in o.get("encoder_opt") or ())
     if "no_faststart" in o:
         encode["faststart"] = not o["no_faststart"]
-    top = {f.name: o[f.name] for f in fields(UpscaleConfig) if f.name in o and f.name not in ("frames", "times", "encode", "sample", "scale")}
+    top = {f.name: o[f.name] for f in fields(UpscaleConfig) if f.name in o and f.name not in ("frames", "times", "encode", "sample", "scale", "job")}
     if o["scale"] is not None:
         top["scale"] = o["scale"]
     return UpscaleConfig(
@@ -470,7 +483,30 @@ def job_config(o: dict) -> UpscaleConfig:
         times=time_span(o),
         encode=EncodeConfig(**encode),
         sample=SampleConfig(**{f.name: sample[f.name] for f in fields(SampleConfig) if f.name in sample}),
+        job=job_options(o),
     )
+
+
+def job_options(o: dict) -> JobConfig | None:
+    """The resumable-job options, or None for a plain streaming run (none of them given)."""
+    wanted = o.get("resumable") or o.get("work_dir") or o.get("shard") or o.get("ray") or o.get("workers")
+    if not wanted:
+        for name in ("restart", "accept_env_change", "keep_work"):
+            if o.get(name):
+                raise typer.BadParameter("applies to resumable jobs: add --resumable (or --work-dir, --shard, --ray)", param_hint="--" + name.replace("_", "-"))
+        return None
+    shard = None
+    if o.get("shard"):
+        i, sep, n = o["shard"].partition("/")
+        if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+            raise typer.BadParameter(f"expected I/N with 0 <= I < N, got {o['shard']!r}", param_hint="--shard")
+        shard = (int(i), int(n))
+        if o.get("ray") or o.get("workers"):
+            raise typer.BadParameter("a shard runs its units here; give --shard or --ray/--workers, not both", param_hint="--shard")
+    ray = o.get("ray") or ("local" if o.get("workers") else None)
+    return JobConfig(work_dir=str(o["work_dir"]) if o.get("work_dir") else None, unit_len=o.get("unit_len", J.unit_len), shard=shard,
+                     ray=ray, workers=o.get("workers"), restart=o.get("restart", False), accept_env_change=o.get("accept_env_change", False),
+                     keep_work=o.get("keep_work", False))
 
 
 def parse_encoder_opt(text: str) -> tuple[str, str]:
@@ -558,6 +594,15 @@ def upscale(
     skip_existing: SkipOpt = False,
     quiet: QuietOpt = False,
     log_json: JsonLogOpt = False,
+    resumable: ResumableOpt = False,
+    work_dir: WorkDirOpt = None,
+    unit_len: UnitLenOpt = J.unit_len,
+    shard: ShardOpt = None,
+    ray: RayOpt = None,
+    workers: WorkersOpt = None,
+    restart: RestartOpt = False,
+    accept_env_change: AcceptEnvOpt = False,
+    keep_work: KeepWorkOpt = False,
 ) -> None:
     """Upscale one video to one output file, or several videos (or a directory) into an output directory."""
     if len(paths) < 2:
@@ -648,6 +693,23 @@ def probe(
         extra = {k: v for k, v in s.items() if k not in ("index", "kind", "codec", "language") and v not in (None, False, "")}
         streams.add_row(str(s["index"]), s["kind"], str(s.get("codec")), str(s.get("language") or ""), ", ".join(f"{k}={v}" for k, v in extra.items()))
     console.print(streams)
+
+
+@app.command(cls=Command, epilog=EXIT_CODES_HELP)
+def assemble(
+    work_dir: Annotated[Path, typer.Argument(metavar="WORK_DIR", readable=False, show_default=False, help="The work directory of a job whose units are all done (by `upscale --shard I/N` runs).")],
+    overwrite: OverwriteOpt = False,
+    keep_work: KeepWorkOpt = False,
+    quiet: QuietOpt = False,
+    log_json: JsonLogOpt = False,
+) -> None:
+    """Encode a sharded job's output once from its units (nothing is rendered); lists the missing units, if any."""
+    from vsrup.jobs.driver import assemble_work_dir
+
+    report = Reporter(quiet=quiet, log_json=log_json)
+    with reporting(report):
+        frames = assemble_work_dir(work_dir, overwrite=overwrite, keep_work=keep_work, emit=report)
+    report(Event("info", message=f"assembled {frames} frames from {work_dir}"))
 
 
 @app.command(cls=Command, epilog=EXIT_CODES_HELP)

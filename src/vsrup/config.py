@@ -71,6 +71,20 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class JobConfig:
+    """A resumable job (docs/jobs.md): units rendered losslessly into a work directory, then one final encode."""
+
+    work_dir: str | None = None  # units and manifest here; None: "<output>.vsrup-work" beside each output
+    unit_len: int = 960  # frames per unit at least (40 s at 24 fps), cut at the next clip start: what a crash can lose per worker
+    shard: tuple[int, int] | None = None  # (i, n): render only units i, i + n, i + 2n, ... (0-based), and do not assemble
+    ray: str | None = None  # Ray cluster address ("auto", "ray://host:10001"), or "local" to start one here
+    workers: int | None = None  # Ray actors; None: one per GPU of the cluster (or one when it has none)
+    restart: bool = False  # discard an existing work directory instead of resuming it
+    accept_env_change: bool = False  # resume although the software or device changed (recorded; identity not promised)
+    keep_work: bool = False  # keep the work directory after the output is committed
+
+
+@dataclass(frozen=True)
 class UpscaleConfig:
     """One `vsrup upscale` or `vsrup frames` job."""
 
@@ -89,6 +103,7 @@ class UpscaleConfig:
     skip_existing: bool = False  # leave an existing output alone and report it as skipped
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    job: JobConfig | None = None  # None: one streaming pass; else a resumable job (--resumable, --work-dir, --shard, --ray)
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """The output's (width, height) for an input of ``width`` x ``height``.

@@ -206,9 +206,10 @@ class OomRetry:
     reproduces what a first run at the smaller plan would give.
     """
 
-    def __init__(self, plan: MemoryPlan, on_shrink: Callable[[str], None] = lambda message: None):
+    def __init__(self, plan: MemoryPlan, on_shrink: Callable[[str], None] = lambda message: None, *, fixed: bool = False):
         self.plan = plan
         self.on_shrink = on_shrink
+        self.fixed = fixed  # a job's plan (jobs/): never shrunk, so that every unit is computed alike
 
     def run(self, fn: Callable[[MemoryPlan], T]) -> T:
         while True:
@@ -220,6 +221,11 @@ class OomRetry:
                 where = "unet"
             # Recover here, outside the handlers: their tracebacks would keep the failed call's tensors alive.
             release_cached_memory()
+            if self.fixed:
+                raise OutOfMemory(
+                    f"out of GPU memory in the {where} with this job's fixed plan ({self.plan.describe()}); a job keeps one "
+                    "plan for all its units so that they agree bit for bit: run again with --restart and a smaller --tile or --batch"
+                )
             smaller = shrink(self.plan, where)
             if smaller is None:
                 raise OutOfMemory(
@@ -231,21 +237,30 @@ class OomRetry:
 
 
 class Planner:
-    """The memory plans of one job: one per window shape (frames, latent h, w), made once and logged."""
+    """The memory plans of one job: one per window shape (frames, latent h, w), made once and logged.
 
-    def __init__(self, cost: Cost, device: torch.device, tile: int | None, overlap: int, batch: int | None, emit: Emit = ignore):
+    ``budget``: plan from these free bytes instead of the device's free memory now, and never shrink the
+    plan on out-of-memory (a resumable job's units, wherever and whenever they run, get the same plans).
+    """
+
+    def __init__(self, cost: Cost, device: torch.device, tile: int | None, overlap: int, batch: int | None, emit: Emit = ignore,
+                 budget: int | None = None):
         self.cost, self.device, self.emit = cost, device, emit
         self.tile, self.overlap, self.batch = tile, overlap, batch
+        self.budget = budget
         self.retries: dict[tuple[int, int, int], OomRetry] = {}
+
+    def plan(self, t_frames: int, h: int, w: int) -> MemoryPlan:
+        """The plan for a window of ``t_frames`` frames of a (h, w) latent, before any retry."""
+        free = self.budget if self.budget is not None else free_memory(self.device)
+        return plan_memory(free, h, w, self.cost, samples=self.cost.rows(t_frames), tile=self.tile, overlap=self.overlap, batch=self.batch)
 
     def run(self, fn: Callable[[MemoryPlan], T], t_frames: int, h: int, w: int) -> T:
         """``fn(plan)`` under the plan for this window shape, retried smaller on CUDA out-of-memory."""
         key = (t_frames, h, w)
         if key not in self.retries:
-            plan = plan_memory(
-                free_memory(self.device), h, w, self.cost, samples=self.cost.rows(t_frames),
-                tile=self.tile, overlap=self.overlap, batch=self.batch,
-            )
+            plan = self.plan(t_frames, h, w)
             self.emit(Event("info", message=f"memory plan for {t_frames} frame(s) of {w}x{h}: {plan.describe()}"))
-            self.retries[key] = OomRetry(plan, on_shrink=lambda message: self.emit(Event("warning", message=message)))
+            self.retries[key] = OomRetry(plan, on_shrink=lambda message: self.emit(Event("warning", message=message)),
+                                         fixed=self.budget is not None)
         return self.retries[key].run(fn)

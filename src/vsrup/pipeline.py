@@ -102,8 +102,18 @@ def upscale(inputs: Sequence[Path], output: Path | str, config: UpscaleConfig, *
             emit(Event("skipped", path=str(job.source), message=f"{job.target} exists", data={"output": str(job.target)}))
             results.append(Result(job, "skipped"))
             continue
-        results.append(run_job(lambda: upscale_video(job, model, config, emit), job, emit))
+        if config.job is None:
+            results.append(run_job(lambda: upscale_video(job, model, config, emit), job, emit))
+        else:
+            results.append(run_job(lambda: resumable(job, model, config, emit, several=len(jobs) > 1), job, emit))
     return results
+
+
+def resumable(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit, *, several: bool) -> int:
+    """One input as a resumable job (jobs/): in this process, or one shard of it."""
+    from vsrup.jobs.driver import run
+
+    return run(job, model, config, emit, several=several)
 
 
 def run_job(work: Callable[[], int], job: Job, emit: Emit) -> Result:
@@ -148,9 +158,22 @@ class LazyModel:
         return self.model
 
 
-def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit) -> int:
-    from vsrup.media.decode import check_length, decode_frames
-    from vsrup.media.encode import VideoWriter
+@dataclass(frozen=True)
+class Span:
+    """What a video job knows before any frame work: the input, the frames it covers, the output size."""
+
+    info: object  # media.probe.MediaInfo
+    config: UpscaleConfig  # --start/--end/--duration turned into --frames
+    first: int
+    stop: int | None  # None: to the end, where the container does not count its frames
+    expected: int | None  # frames to write: exact, or estimated from the duration (then ``estimated``)
+    estimated: bool
+    size: tuple[int, int]  # output (width, height)
+
+
+def prepare(job: Job, config: UpscaleConfig, emit: Emit) -> Span:
+    """Steps 1 and 2 of every video job: refuse what must be refused before any work, probe, decide the span."""
+    from vsrup.media.decode import check_length
     from vsrup.media.probe import probe
 
     # 1. Refuse what must be refused before any work: output == input, an existing output.
@@ -170,7 +193,17 @@ def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit)
     # The frames to expect: exact where the container counts them, else duration x rate, said to be an estimate.
     expected = total if total is not None else frames_estimate(info.video, length, first)
     estimated = total is None and expected is not None
-    width, height = output_size(config, info.video.width, info.video.height, str(job.source), emit)
+    size = output_size(config, info.video.width, info.video.height, str(job.source), emit)
+    return Span(info, config, first, stop, expected, estimated, size)
+
+
+def upscale_video(job: Job, model: LazyModel, config: UpscaleConfig, emit: Emit) -> int:
+    from vsrup.media.decode import decode_frames
+    from vsrup.media.encode import VideoWriter
+
+    span = prepare(job, config, emit)
+    info, config, first, stop, expected, estimated = span.info, span.config, span.first, span.stop, span.expected, span.estimated
+    (width, height) = span.size
     path = str(job.source)
     emit(Event("start", path=path, message=f"upscaling to {job.target}", total=expected,
                data={"output": str(job.target), "total_estimated": estimated, "width": width, "height": height}))
@@ -332,6 +365,7 @@ def upscale_frames(
     start_at: int = 0,
     emit: Emit = ignore,
     tracker: Tracker | None = None,
+    budget: int | None = None,
 ) -> Iterator[tuple[Indexed, np.ndarray]]:
     """The streaming core: yield (input frame, output image (H, W, 3) float32) for every wanted frame, in order.
 
@@ -340,9 +374,9 @@ def upscale_frames(
     (frames of the job, when known or estimated) is for the CPU time estimate; ``tracker`` hears of
     each window and of the model's progress inside it. ``start_at``: sequential models run no frame
     before it (``clips.last_restart`` of the first wanted frame; 0: from the first shot that may hold
-    a wanted frame).
+    a wanted frame). ``budget``: the free device bytes the memory plans are made from, fixed (a job's units).
     """
-    runner = ModelRunner(model, config, total, emit, tracker)
+    runner = ModelRunner(model, config, total, emit, tracker, budget)
     with Flows(model, config.sample.flow) as flows:
         if model.info.kind == "sequential":
             yield from stream_sequence(frames, model, runner, flows, config, wanted, stop, start_at, emit)

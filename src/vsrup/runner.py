@@ -4,7 +4,7 @@ For each window the pipeline hands over, ``ModelRunner``:
 1. takes the window's optical flow from ``Flows`` (estimated a window ahead, in a background
    thread, on the model's device) when the model asks for it;
 2. runs the model under the memory plan for the window's shape (``memory.Planner``), retrying with
-   a smaller plan on CUDA out-of-memory;
+   a smaller plan on CUDA out-of-memory (not in a resumable job: its plans are fixed by its budget);
 3. on a CPU, estimates the job's duration from the first step of the first window, once;
 4. colour-fixes a generative model's frames toward the bicubic input, clamps them to [0, 1], and
    resizes them to the asked size (antialiased Lanczos) when the model's own scale gives another.
@@ -64,7 +64,8 @@ class Flows:
 class ModelRunner:
     """Runs one model on the windows of one job (see the module doc)."""
 
-    def __init__(self, model: Model, config: UpscaleConfig, total: int | None = None, emit: Emit = ignore, tracker: Tracker | None = None):
+    def __init__(self, model: Model, config: UpscaleConfig, total: int | None = None, emit: Emit = ignore, tracker: Tracker | None = None,
+                 budget: int | None = None):
         s = config.sample
         self.model, self.config, self.emit = model, config, emit
         self.tracker = tracker or Tracker()  # the job's progress: this window's stage, and the model's work inside it
@@ -75,7 +76,7 @@ class ModelRunner:
 
             from vsrup.memory import Planner
 
-            self.planner = Planner(model.info.cost, torch.device(model.info.device), s.tile, s.tile_overlap, s.batch, emit)
+            self.planner = Planner(model.info.cost, torch.device(model.info.device), s.tile, s.tile_overlap, s.batch, emit, budget)
         self.estimate = None
         if model.info.generative and model.info.device == "cpu":
             if model.info.kind == "sequential":  # every frame once; the first is a restart, cheaper than the rest: not timed

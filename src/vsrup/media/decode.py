@@ -32,9 +32,10 @@ class Frame:
 
 
 def decode_frames(
-    info: MediaInfo, *, deinterlace: str = "auto", allow_partial: bool = False, emit: Emit = ignore
+    info: MediaInfo, *, deinterlace: str = "auto", allow_partial: bool = False, emit: Emit = ignore, skip_before: int = 0
 ) -> Iterator[Frame]:
-    """Yield every frame of the main video. InputDataError for damaged input unless ``allow_partial``."""
+    """Yield every frame of the main video, or those from index ``skip_before`` on (the ones before are decoded,
+    for their indices and timestamps, but not converted). InputDataError for damaged input unless ``allow_partial``."""
     if deinterlace not in DEINTERLACE_MODES:
         raise UsageError(f"--deinterlace must be one of {', '.join(DEINTERLACE_MODES)}, not {deinterlace!r}")
     video = info.video
@@ -63,7 +64,8 @@ def decode_frames(
                     pts = last_pts + 1
                 repaired += pts != frame.pts
                 last_pts = pts
-                yield Frame(index, pts, to_rgb(frame, video))
+                if index >= skip_before:
+                    yield Frame(index, pts, to_rgb(frame, video))
         except MemoryError:  # av.error.MemoryError (FFmpeg's ENOMEM) is one too: not damage in the file
             at = f" at frame {index + 1}" if index >= 0 else ""
             raise VsrupError(f"{path}: out of memory while decoding{at}; close other programs or lower --clip-len") from None
