@@ -94,6 +94,10 @@ def upscale(inputs: Sequence[Path], output: Path | str, config: UpscaleConfig, *
     ``output`` as the user typed it (see ``plan_jobs``: a trailing slash names a directory)."""
     jobs = plan_jobs([Path(p) for p in inputs], output, fmt)
     choice, config = settle(config)
+    if config.job is not None and config.job.ray is not None:  # the batch's units on Ray actors (jobs/ray_executor.py)
+        from vsrup.jobs.ray_executor import upscale_on_ray
+
+        return upscale_on_ray(jobs, config, emit)
     model = LazyModel(choice, config, emit)
     results = []
     for job in jobs:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from vsrup.config import EncodeConfig, JobConfig, SampleConfig, UpscaleConfig
 from vsrup.errors import UsageError
 from vsrup.events import Emit, Event, ignore
 from vsrup.jobs.manifest import FORMAT, WorkDir, create_json, differences, environment, model_files, plain, settings, sha256_of, write_json
+from vsrup.models import ModelInfo
 from vsrup.jobs.units import CorruptUnit, Unit, check_pix_fmt, plan_units, read_unit, render_unit, save_record
 from vsrup.outputs import atomic_output, discard
 from vsrup.pipeline import Job, LazyModel, Span, clip_shape, prepare
@@ -32,8 +34,29 @@ def work_path(job: Job, config: UpscaleConfig, several: bool = False) -> Path:
     return Path(chosen) / job.target.name if several else Path(chosen)
 
 
-def run(job: Job, lazy: LazyModel, config: UpscaleConfig, emit: Emit, *, several: bool = False) -> int:
-    """Run (or resume) one input's job; returns the frames written (or, for a shard, rendered)."""
+@dataclass(frozen=True)
+class Renderer:
+    """What planning needs of the process that renders: its model's info, free device memory and environment."""
+
+    info: ModelInfo
+    budget: int | None  # free bytes on its device with the model loaded: every unit's memory plans are made from it
+    env: dict
+
+
+def describe(model) -> Renderer:
+    """The Renderer of a loaded model, in the process that holds it."""
+    budget = None
+    if model.info.cost is not None:
+        import torch
+
+        from vsrup.memory import free_memory
+
+        budget = free_memory(torch.device(model.info.device))
+    return Renderer(model.info, budget, environment(model.info.device))
+
+
+def begin(job: Job, config: UpscaleConfig, emit: Emit, several: bool) -> tuple[Span, WorkDir]:
+    """Probe the input, decide the span and the work directory (discarded first with --restart)."""
     jc = config.job
     span = prepare(job, config, emit)
     work = WorkDir(work_path(job, config, several))
@@ -43,29 +66,44 @@ def run(job: Job, lazy: LazyModel, config: UpscaleConfig, emit: Emit, *, several
         work.remove()
         emit(Event("info", path=str(job.source), message=f"--restart: discarded {work.path}"))
     work.create()
+    return span, work
+
+
+def todo(job: Job, span: Span, config: UpscaleConfig, work: WorkDir, manifest: dict, emit: Emit, env) -> list[Unit]:
+    """The units this process (or this shard) must render; the done ones are announced as resumed."""
+    jc = config.job
+    units = [Unit(u["id"], u["lo"], u["hi"], u["decode_from"]) for u in manifest["units"]]
+    done = work.records(manifest)
+    mine = [u for u in units if jc.shard is None or u.id % jc.shard[1] == jc.shard[0]]
+    left = [u for u in mine if u.id not in done]
+    if left:
+        accept_env(manifest, config, work, job, emit, env())
+    emit(Event("start", path=str(job.source), message=f"upscaling to {job.target} ({len(left)} of {len(units)} units to render)",
+               total=sum(u.hi - u.lo for u in left),
+               data={"output": str(job.target), "total_estimated": False, "width": span.size[0], "height": span.size[1]}))
+    for unit in mine:
+        if unit.id in done:
+            emit(unit_event(job, unit, len(units), "resumed", f"unit {unit.id + 1}/{len(units)} (frames {unit.lo}:{unit.hi}) was done"))
+    return left
+
+
+def run(job: Job, lazy: LazyModel, config: UpscaleConfig, emit: Emit, *, several: bool = False) -> int:
+    """Run (or resume) one input's job in this process; returns the frames written (or, for a shard, rendered)."""
+    jc = config.job
+    span, work = begin(job, config, emit, several)
     with exclusive(work, shared=jc.shard is not None):
-        manifest = open_job(job, span, lazy, config, work, emit)
-        units = [Unit(u["id"], u["lo"], u["hi"], u["decode_from"]) for u in manifest["units"]]
-        done = work.records(manifest)
-        mine = [u for u in units if jc.shard is None or u.id % jc.shard[1] == jc.shard[0]]
-        todo = [u for u in mine if u.id not in done]
-        if todo:
-            accept_env(manifest, config, work, job, emit)
-        emit(Event("start", path=str(job.source), message=f"upscaling to {job.target} ({len(todo)} of {len(units)} units to render)",
-                   total=sum(u.hi - u.lo for u in todo),
-                   data={"output": str(job.target), "total_estimated": False, "width": span.size[0], "height": span.size[1]}))
-        for unit in mine:
-            if unit.id in done:
-                emit(unit_event(job, unit, len(units), "resumed", f"unit {unit.id + 1}/{len(units)} (frames {unit.lo}:{unit.hi}) was done"))
+        manifest = open_job(job, span, config, work, emit, lambda: describe(lazy.get()))
+        units = manifest["units"]
+        todo_units = todo(job, span, config, work, manifest, emit, lambda: local_env(config))
         rendered = 0
         tracker = None
-        if todo:
+        if todo_units:
             from vsrup.pipeline import work_shape
             from vsrup.progress import Tracker
 
             window, overlap = work_shape(lazy.get(), config)
-            tracker = Tracker(str(job.source), sum(u.hi - u.lo for u in todo), window=window, overlap=overlap, emit=emit)
-        for unit in todo:
+            tracker = Tracker(str(job.source), sum(u.hi - u.lo for u in todo_units), window=window, overlap=overlap, emit=emit)
+        for unit in todo_units:
             rendered += render(job, span, lazy, config, work, manifest, unit, emit, tracker)
         if jc.shard is not None:
             left = len(units) - len(work.records(manifest))
@@ -134,11 +172,15 @@ def check_env(manifest: dict, env: dict, config: UpscaleConfig, work: WorkDir) -
                          "bit for bit; pass --accept-env-change to go on anyway, or --restart")
 
 
-def accept_env(manifest: dict, config: UpscaleConfig, work: WorkDir, job: Job, emit: Emit) -> None:
-    """Before rendering more units: the same software and device as the job's, or --accept-env-change (recorded)."""
+def local_env(config: UpscaleConfig) -> dict:
+    """This process's environment, for the device the job asks for (before the model loads)."""
     from vsrup.device import resolve_device
 
-    env = environment(str(resolve_device(config.device)))
+    return environment(str(resolve_device(config.device)))
+
+
+def accept_env(manifest: dict, config: UpscaleConfig, work: WorkDir, job: Job, emit: Emit, env: dict) -> None:
+    """Before rendering more units: the same software and device as the job's, or --accept-env-change (recorded)."""
     changed = differences(manifest["env"], env)
     if not changed:
         return
@@ -186,9 +228,9 @@ def model_folder(config: UpscaleConfig) -> Path | None:
     return hub.resolve(choice.source, files, config.revision, half)
 
 
-def open_job(job: Job, span: Span, lazy: LazyModel, config: UpscaleConfig, work: WorkDir, emit: Emit) -> dict:
+def open_job(job: Job, span: Span, config: UpscaleConfig, work: WorkDir, emit: Emit, renderer: Callable[[], Renderer]) -> dict:
     """The job's manifest: the existing one if its identity is this command's (else a UsageError listing what changed),
-    or a new one, planned from one decoding pass."""
+    or a new one, planned from one decoding pass with what ``renderer()`` says of the process that renders."""
     existing = work.manifest()
     hashes = dict(existing.get("hashes", {})) if existing else {}
     ident = identity(job, span, config, model_folder(config), hashes)
@@ -198,23 +240,17 @@ def open_job(job: Job, span: Span, lazy: LazyModel, config: UpscaleConfig, work:
             raise UsageError(f"{work.path} holds another job: {'; '.join(changed)}; pass --restart to discard its work, or choose another --work-dir")
         work.clean(existing, emit)
         return existing
-    model = lazy.get()
+    model = renderer()
     emit(Event("stage", path=str(job.source), message="planning the units (one decoding pass)", data={"stage": "plan"}))
     units, count = plan_job(span, model, config)
     encode = config.encode
     pix_fmt = encoder_pix_fmt(job, span, work, emit)
     check_pix_fmt(pix_fmt, span.info.video, span.size)
-    budget = None
-    if model.info.cost is not None:
-        import torch
-
-        from vsrup.memory import free_memory
-
-        budget = free_memory(torch.device(model.info.device))
+    budget = model.budget
     manifest = {
         "vsrup_manifest": FORMAT,
         "job": ident,
-        "env": environment(model.info.device),
+        "env": model.env,
         "about": {"input": str(job.source.resolve()), "output": str(job.target.resolve()), "config": plain(asdict(config)),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "plan": {"frames": count, "first": span.first, "stop": units[-1].hi, "pix_fmt": pix_fmt, "budget_bytes": budget,
@@ -224,7 +260,7 @@ def open_job(job: Job, span: Span, lazy: LazyModel, config: UpscaleConfig, work:
         "hashes": hashes,
     }
     if not create_json(work.manifest_path, manifest):  # another shard planned it first: compare with its identity
-        return open_job(job, span, lazy, config, work, emit)
+        return open_job(job, span, config, work, emit, renderer)
     emit(Event("info", path=str(job.source), message=f"planned {len(units)} unit(s) of about {config.job.unit_len} frames in {work.path}"))
     return manifest
 
