@@ -182,7 +182,7 @@ class StructEncoder(ModelMixin, ConfigMixin):
                 width = mult * channels
                 if level in attention_levels:
                     block.attentions.append(self_attention(width, heads))
-            block.downsample = Downsample2D(width, use_conv=True, padding=1) if level < len(channel_mult) - 1 else None
+            block.downsample = Downsample2D(width, use_conv=True, padding=1, name="op") if level < len(channel_mult) - 1 else None
             self.levels.append(block)
         self.mid_resnets = torch.nn.ModuleList([ResnetBlock2D(in_channels=width, out_channels=width, temb_channels=temb, eps=NORM_EPS) for _ in range(2)])
         self.mid_attention = self_attention(width, heads)
