@@ -22,7 +22,6 @@ IGNORED = {  # prefix -> why vsrup does not load it
     "flownet_model.": "RAFT for the published sampler's flow; vsrup estimates flow itself",
     "first_stage_model.decoder.": "the SD VAE's decoder; the video VAE decodes",
     "first_stage_model.post_quant_conv.": "the SD VAE's decoder side; the video VAE decodes",
-    "cond_stage_model.model.transformer.resblocks.23.": "OpenCLIP's last block; the penultimate layer's states are used",
     "cond_stage_model.model.text_projection": "the pooled projection; the per-token states are used",
     "cond_stage_model.model.logit_scale": "CLIP's contrastive temperature; unused for text states",
     "loss.": "the video VAE's training loss (LPIPS, discriminator, SpyNet)",
@@ -191,7 +190,10 @@ def convert_unet(state: Mapping[str, torch.Tensor], struct_heads: int = 4) -> di
     stray = sorted(k for k in state if not ignored(k) and not k.startswith(known))
     if stray:
         raise ModelError(f"unexpected tensor {stray[0]} in the MGLD-VSR checkpoint ({len(stray)} such); vsrup does not know where it goes")
-    text_state = {k: v for k, v in state.items() if k.startswith("cond_stage_model.model.") and not ignored(k)}
+    # OpenCLIP's last block is left out: the model conditions on the penultimate layer's states (then ln_final).
+    blocks = [int(m[1]) for k in state if (m := re.match(r"cond_stage_model\.model\.transformer\.resblocks\.(\d+)\.", k))]
+    last = f"cond_stage_model.model.transformer.resblocks.{max(blocks)}."
+    text_state = {k: v for k, v in state.items() if k.startswith("cond_stage_model.model.") and not ignored(k) and not k.startswith(last)}
     text = convert_open_clip_checkpoint(TextConfigView(state), text_state)
     # CLIPTextModel's own keys (transformers 5 names them without diffusers' "text_model." prefix).
     text = {k.removeprefix("text_model."): v for k, v in text.items() if not k.startswith("text_projection")}

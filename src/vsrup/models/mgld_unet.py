@@ -223,7 +223,7 @@ def unet_config(channels: int = 320, mult: tuple[int, ...] = (1, 2, 4, 4), head_
         sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=widths,
         down_block_types=["CrossAttnDownBlock2D"] * (len(mult) - 1) + ["DownBlock2D"],
         up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (len(mult) - 1),
-        attention_head_dim=[w // head_dim for w in widths], cross_attention_dim=cross, use_linear_projection=True,
+        attention_head_dim=[max(1, w // head_dim) for w in widths], cross_attention_dim=cross, use_linear_projection=True,
         norm_num_groups=groups, norm_eps=NORM_EPS, flip_sin_to_cos=True, freq_shift=0,
     )
 
