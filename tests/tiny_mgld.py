@@ -48,10 +48,10 @@ def tiny_networks(seed: int = 0) -> dict[str, torch.nn.Module]:
 
     torch.manual_seed(seed)
     nets = {
-        "unet": MGLDUNet(**unet_config(32, (1, 2, 2, 2), 64, TEXT_WIDTH), struct_channels=32),
+        "unet": MGLDUNet(**unet_config(32, (1, 2, 4, 4), 64, TEXT_WIDTH), struct_channels=32),
         "struct": StructEncoder(channels=32, out_channels=32, heads=STRUCT_HEADS),
-        "vae": AutoencoderKL(**vae_config(32, (1, 1, 2, 2))),
-        "video": CFWAutoencoder(**vae_config(32, (1, 1, 2, 2))),
+        "vae": AutoencoderKL(**vae_config(32, (1, 2, 4, 4))),
+        "video": CFWAutoencoder(**vae_config(32, (1, 2, 4, 4))),
         "text": CLIPTextModel(CLIPTextConfig(**dict(TEXT_CONFIG, vocab_size=TEXT_VOCAB, hidden_size=TEXT_WIDTH, intermediate_size=64,
                                                     num_hidden_layers=TEXT_LAYERS + 1, num_attention_heads=1, projection_dim=TEXT_WIDTH,
                                                     bos_token_id=TEXT_VOCAB - 2, eos_token_id=TEXT_VOCAB - 1, pad_token_id=0))),

@@ -140,11 +140,11 @@ class Model:
                 ids = empty_prompt_ids(configs["text"]["vocab_size"], configs["text"]["max_position_embeddings"])
                 self.text = text(ids).last_hidden_state.to(self.device, self.dtype)  # (1, 77, 1024)
             del text
-            self.unet = to_device(build(MGLDUNet, configs["unet"], parts["unet"], "UNet").to(self.dtype), self.device)
+            self.unet = on(build(MGLDUNet, configs["unet"], parts["unet"], "UNet").to(self.dtype), self.device)
             self.struct = to_device(build(StructEncoder, configs["struct"], parts["struct"], "struct encoder").to(self.dtype), self.device)
             encoder = build(AutoencoderKL, configs["vae"], parts["vae"], "VAE", partial=("decoder.", "post_quant_conv."))
             self.encoder = to_device(encoder.to(self.vae_dtype), self.device)
-            self.video = to_device(build(CFWAutoencoder, configs["video"], video, "video VAE").to(self.vae_dtype), self.device)
+            self.video = on(build(CFWAutoencoder, configs["video"], video, "video VAE").to(self.vae_dtype), self.device)
         guided = bool(guided_steps(s))
         cost = Cost(dtype_bytes=torch.finfo(self.dtype).bits // 8, vae_dtype_bytes=torch.finfo(self.vae_dtype).bits // 8)
         self.info = ModelInfo(name="mgld-vsr", scale=SCALE, kind="clip", flow=guided, generative=True, cost=cost,
@@ -184,6 +184,11 @@ class Model:
                 images = F.interpolate(images.clamp(-1.0, 1.0), size=(SCALE * h, SCALE * w), mode="bicubic")  # (T, 3, 4h, 4w)
             progress(1.0)
         return images.mul_(0.5).add_(0.5).permute(0, 2, 3, 1)  # (T, 4h, 4w, 3)
+
+
+def on(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``network`` on ``device`` for inference, in the default layout (its Conv3d weights have no channels-last form)."""
+    return network.to(device).eval()
 
 
 def read(path: Path, emit: Emit) -> dict[str, torch.Tensor]:
