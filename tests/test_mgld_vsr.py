@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny_sd import one_torch_thread  # noqa: F401  (fixture)
-from tiny_mgld import REPO_ID, built, fixture_keys, lightning_save, tiny_mgld_cache  # noqa: F401  (fixtures)
+from tiny_mgld import BUILT, REPO_ID, fixture_keys, lightning_save, tiny_mgld_cache  # noqa: F401  (fixtures)
 
 import media_factory as mf
 from vsrup.config import SampleConfig, UpscaleConfig
@@ -221,7 +221,7 @@ def test_the_weights_only_loader_refuses_a_checkpoint_holding_an_arbitrary_objec
     from vsrup.models import mgld_vsr
 
     folder = tmp_path / "model"
-    shutil.copytree(built.__globals__["_BUILT"]["folder"], folder)
+    shutil.copytree(BUILT["folder"], folder)
 
     lightning_save({"a": torch.zeros(1)}, folder / "video_vae_cfw.ckpt", extra=Arbitrary())
     with pytest.raises(ModelError, match=r"refused .*video_vae_cfw\.ckpt: the pickle needs test_mgld_vsr\.Arbitrary"):
@@ -277,17 +277,19 @@ def test_one_tile_one_clip_no_guidance_equals_the_published_loop_within_one_leve
     frames = np.random.default_rng(0).random((5, 24, 32, 3)).astype(np.float32)  # x 128/24 > 4: the downsize path too
     with torch.no_grad():
         ours = model.sample(Window(frames, tuple(range(3, 8))), None, lambda f: None)
-        nets = {k: v.float() for k, v in built.__globals__["_BUILT"]["nets"].items()}
+        nets = {k: v.float() for k, v in BUILT["nets"].items()}
         reference = straight_line_reference(nets, model.text, frames, seed=config.sample.seed + 3, steps=4)
     assert ours.shape == (5, 96, 128, 3) and ours.std() > 0.01
-    assert (ours.clamp(0, 1) - reference.clamp(0, 1)).abs().max() * 255 < 1.0
+    levels = (ours.clamp(0, 1) - reference.clamp(0, 1)).abs().max() * 255
+    print(f"largest difference from the published loop: {float(levels):.2e} of an 8-bit level")
+    assert levels < 1.0
 
 
 def test_the_text_states_are_the_open_clip_penultimate_layer_of_the_empty_prompt(tiny_mgld_cache):
     from tiny_mgld import TEXT_LAYERS, TEXT_VOCAB
 
     model = choose("mgld-vsr").load(UpscaleConfig(model="mgld-vsr", device="cpu"))
-    tiny = built.__globals__["_BUILT"]["nets"]["text"]  # TEXT_LAYERS + 1 blocks, as OpenCLIP has one more than is used
+    tiny = BUILT["nets"]["text"]  # TEXT_LAYERS + 1 blocks, as OpenCLIP has one more than is used
     ids = torch.tensor([[TEXT_VOCAB - 2, TEXT_VOCAB - 1] + [0] * 75])
     with torch.no_grad():
         states = tiny(ids, output_hidden_states=True).hidden_states[TEXT_LAYERS]  # after block TEXT_LAYERS - 1
@@ -295,15 +297,22 @@ def test_the_text_states_are_the_open_clip_penultimate_layer_of_the_empty_prompt
     torch.testing.assert_close(model.text, expected)
 
 
-def test_upscale_and_frames_run_end_to_end(tiny_mgld_cache, tmp_path, run_vsrup):
+def test_upscale_and_frames_run_end_to_end(tiny_mgld_cache, tmp_path, run_vsrup, monkeypatch):
     import av
     from PIL import Image
 
+    from vsrup.models import mgld_vsr
+
+    windows = []
+    original = mgld_vsr.Model.sample
+    monkeypatch.setattr(mgld_vsr.Model, "sample", lambda self, window, *rest: (windows.append(window.indices), original(self, window, *rest))[1])
     src = mf.make_video(tmp_path / "in.mp4", frames=7, size=(32, 32))
     out = tmp_path / "out.mp4"
-    code, err = run_vsrup("upscale", src, out, "--model", "mgld-vsr", "--steps", "2")
+    code, err = run_vsrup("upscale", src, out, "--model", "mgld-vsr", "--steps", "2", "--clip-overlap", "2")
     assert code == 0, err
     assert "non-commercial" in err
+    # Clips of 5 frames that overlap by 2 (cross-faded), not the published back-to-back segments.
+    assert all(len(w) <= 5 for w in windows) and windows[0] == (0, 1, 2, 3, 4) and len(set(windows[0]) & set(windows[1])) == 2
     with av.open(str(out)) as c:
         assert (c.streams.video[0].width, c.streams.video[0].height) == (128, 128)
         assert sum(1 for _ in c.decode(video=0)) == 7

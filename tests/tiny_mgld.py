@@ -165,17 +165,17 @@ def build_tiny_mgld(folder: Path) -> dict:
     return nets
 
 
-_BUILT: dict[str, dict] = {}
+BUILT: dict = {}  # folder, hf_home, snapshot and the tiny networks ("nets"), once built
 
 
 def built(tmp_path_factory) -> dict:
-    if not _BUILT:
+    if not BUILT:
         folder = tmp_path_factory.mktemp("tiny-mgld") / "model"
         nets = build_tiny_mgld(folder)
         hf_home = tmp_path_factory.mktemp("hf-home-mgld")
         snapshot = seed_hf_cache(hf_home / "hub", folder, repo_id=REPO_ID, commit=COMMIT)
-        _BUILT.update(folder=folder, hf_home=hf_home, snapshot=snapshot, nets=nets)
-    return _BUILT
+        BUILT.update(folder=folder, hf_home=hf_home, snapshot=snapshot, nets=nets)
+    return BUILT
 
 
 @pytest.fixture
