@@ -57,6 +57,18 @@ VAE_CONFIG = vae_config(128, (1, 2, 4, 4))
 TEXT_CONFIG = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
                    max_position_embeddings=77, hidden_act="gelu", projection_dim=1024)
 
+
+
+def build_random_networks(device: str | torch.device = "meta", dtype: torch.dtype = torch.float32) -> dict[str, torch.nn.Module]:
+    """The full-size networks with random weights (``device="meta"`` allocates nothing): for benchmarks and counts."""
+    with torch.device(device):
+        return {
+            "unet": MGLDUNet(**UNET_CONFIG).to(dtype).eval(), "struct": StructEncoder(**STRUCT_CONFIG).to(dtype).eval(),
+            "vae": AutoencoderKL(**VAE_CONFIG).to(vae_dtype(dtype)).eval(), "video": CFWAutoencoder(**VAE_CONFIG).to(vae_dtype(dtype)).eval(),
+            "text": CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG)).to(dtype).eval(),
+        }
+
+
 DEFAULTS = dict(
     steps=50,  # the README's --ddpm_steps
     scheduler="ddpm",
