@@ -323,3 +323,48 @@ def test_upscale_and_frames_run_end_to_end(tiny_mgld_cache, tmp_path, run_vsrup,
     code, err = run_vsrup("frames", folder, out_dir, "--model", "mgld-vsr", "--steps", "2")
     assert code == 0, err
     assert all(Image.open(out_dir / f"{i}.png").size == (128, 128) for i in range(3))
+
+
+def test_tiles_keep_each_tiles_frames_together_and_in_order(monkeypatch):
+    """A stand-in UNet whose output at a pixel depends on that pixel, its frame's position in the clip and the struct
+    input: blended tiles of any size must give the untiled result, so the clip's frames were folded and unfolded in order."""
+    calls = []
+
+    def struct(lr, t):  # (N*T, 4, th, tw) -> per-level features; level 0 is the input itself
+        return [lr, None, None, None]
+
+    def unet(z, t, text, features, frames):
+        calls.append((z.shape[0], frames))
+        position = torch.arange(z.shape[0]).remainder(frames).float()[:, None, None, None]  # the frame's place in its clip
+        return z * (1 + position) + features[0] ** 2
+
+    latents, z_lr = torch.randn(5, 4, 20, 44), torch.randn(5, 4, 20, 44)
+    whole = (latents * (1 + torch.arange(5).float()[:, None, None, None]) + z_lr**2)
+    monkeypatch.setattr(sampler, "TILE", 16)
+    monkeypatch.setattr(sampler, "OVERLAP", 8)
+    tiled = sampler.TiledEps(unet, struct, torch.zeros(1, 77, 8), batch=2)(latents, z_lr, torch.tensor(999))
+    torch.testing.assert_close(tiled, whole)
+    assert calls == [(10, 5)] * 5  # 2 x 5 tiles, two a call, each with its 5 frames
+
+
+def test_the_guidance_hook_edits_x0_and_keeps_eps():
+    from vsrup.flow import estimate_flow
+    from vsrup.sampling.guidance import motion_guidance
+
+    frames = np.random.default_rng(1).random((3, 16, 16, 3)).astype(np.float32)
+    flow = sampler.latent_flow(estimate_flow(frames), (8, 8))
+    latents, eps, a = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor(0.3)
+    hook = sampler.guidance_hook(flow, frozenset({0}), 0.5)
+    edited = hook(0, torch.tensor(999), a, latents, eps)
+    x0 = (latents - (1 - a).sqrt() * eps) / a.sqrt()
+    torch.testing.assert_close((edited - (1 - a).sqrt() * eps) / a.sqrt(), motion_guidance(x0, flow, 0.5), atol=1e-5, rtol=1e-5)
+    assert torch.equal(hook(1, torch.tensor(500), a, latents, eps), latents)  # outside its steps: untouched
+
+
+def test_vsrup_download_finds_both_checkpoints_in_the_cache(tiny_mgld_cache):
+    from vsrup.models import hub
+    from vsrup.models.registry import repo_for
+
+    repo, family = repo_for("mgld-vsr")
+    folder = hub.download(repo, family.module.FILES)
+    assert repo == REPO_ID and (folder / "mgldvsr_unet.ckpt").exists() and (folder / "video_vae_cfw.ckpt").exists()
