@@ -173,10 +173,12 @@ class Model:
             # 1. Upsample, encode: the input latent z_lr, the posterior's draw the first of each frame's generator.
             up, size = upsample(low_res)  # (T, 3, Hp, Wp), (H, W)
             gens = generators(s.seed, window.indices)
-            with stage("vae"):
-                posterior = self.encoder.encode(up.to(self.vae_dtype)).latent_dist
-            draw = frame_noise(gens, posterior.mean.shape[1], *posterior.mean.shape[2:], torch.float32).to(self.device)  # (T, 4, hl, wl)
-            z_lr = (LATENT_SCALE * (posterior.mean.float() + posterior.std.float() * draw)).to(self.dtype)  # (T, 4, hl, wl)
+            with stage("vae"):  # frame by frame: nothing in the encoder mixes frames
+                posteriors = [self.encoder.encode(frame[None].to(self.vae_dtype)).latent_dist for frame in up]
+            mean = torch.cat([p.mean for p in posteriors]).float()  # (T, 4, hl, wl)
+            std = torch.cat([p.std for p in posteriors]).float()  # (T, 4, hl, wl)
+            draw = frame_noise(gens, mean.shape[1], *mean.shape[2:], torch.float32).to(self.device)  # (T, 4, hl, wl)
+            z_lr = (LATENT_SCALE * (mean + std * draw)).to(self.dtype)  # (T, 4, hl, wl)
             # 2. Motion guidance on the latent grid.
             hook = None
             if window.flow is not None and guided_steps(s):
@@ -189,7 +191,8 @@ class Model:
             )  # (T, 4, hl, wl)
             # 4. Decode with the encoder's features of the upsampled input; crop the padding, back to x4.
             with stage("vae"):
-                features = self.video.features(up.to(self.vae_dtype))
+                per_frame = [self.video.features(frame[None].to(self.vae_dtype)) for frame in up]
+                features = [torch.cat(level) for level in zip(*per_frame)]  # (T, 256, Hp/2, Wp/2), (T, 512, Hp/4, Wp/4)
                 images = self.video.decode_clip(latents.to(self.vae_dtype) / LATENT_SCALE, features, DEC_W, frames)  # (T, 3, Hp, Wp)
             images = images[:, :, : size[0], : size[1]].float()  # (T, 3, H, W)
             if size != (SCALE * h, SCALE * w):

@@ -118,11 +118,11 @@ def sample_clip(
     a = alphas[START].to(z_lr.dtype)
     latents = a.sqrt() * z_lr + (1 - a).sqrt() * noise  # (T, 4, h, w)
     # 2. DDPM steps; the hook (motion guidance) edits x_t with eps kept before the step.
-    for i, t in enumerate(scheduler.timesteps):
-        t = t.to(z_lr.device)
-        eps = eps_fn(latents, z_lr, t)  # (T, 4, h, w)
+    for i, t in enumerate(scheduler.timesteps):  # on the CPU, where the scheduler looks its own timesteps up
+        t_model = t.to(z_lr.device)
+        eps = eps_fn(latents, z_lr, t_model)  # (T, 4, h, w)
         if hook is not None:
-            latents = hook(i, t, alphas[t.long()].to(z_lr.dtype), latents, eps)  # (T, 4, h, w)
+            latents = hook(i, t_model, alphas[t_model.long()].to(z_lr.dtype), latents, eps)  # (T, 4, h, w)
         latents = scheduler.step(eps, t, latents, generator=list(generators), return_dict=False)[0]  # (T, 4, h, w)
         progress(i)
     return latents
