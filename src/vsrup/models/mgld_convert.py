@@ -116,14 +116,15 @@ def struct_key(rest: str) -> str:
 
 
 def legacy_attention(rest: str) -> str:
-    return rename(rest, (("norm.", "group_norm."), ("qkv.", "qkv."), ("proj_out.", "to_out.0.")))
+    """Legacy ``AttentionBlock`` names -> ``Attention``'s; ``qkv`` stays, for ``split_qkv``."""
+    return rename(rest, (("norm.", "group_norm."), ("proj_out.", "to_out.0.")))
 
 
 def vae_key(rest: str) -> str:
     """An LDM VAE key (``encoder.``/``decoder.``/quant convs) -> the ``AutoencoderKL``/``CFWAutoencoder`` key."""
     if rest.startswith(("quant_conv.", "post_quant_conv.")):
         return rest
-    if m := re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out)\.(.+)", rest):
+    if re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out)\.(.+)", rest):
         return rest
     if m := re.fullmatch(r"(encoder|decoder)\.norm_out\.(.+)", rest):
         return f"{m[1]}.conv_norm_out.{m[2]}"
