@@ -5,6 +5,7 @@
     python benchmarks/bench_pipeline.py --model stream-diffvsr --size 32x32 --frames 4 --against sd-x4   # both at their defaults
     python benchmarks/bench_pipeline.py --device cuda --dtype bf16 --size 480x854 --frames 16 --steps 20 --guidance 1
     python benchmarks/bench_pipeline.py --flops-only --size 480x854 --steps 20 --guidance 1   # FLOP counts, no run
+    python benchmarks/bench_pipeline.py --model mgld-vsr --flops-only --size 480x854   # MGLD-VSR: FLOP counts only (no timed run yet)
 
 What runs. The full-size networks of ``--model`` (``vsrup.models.configs.build_random_components``: the
 real UNet, ControlNet, VAE and text-encoder configs, random weights) are built once, untimed. Then
@@ -69,7 +70,8 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("decode", "flow", "text_encoder", "unet", "controlnet", "guidance", "vae", "color_fix", "encode", "idle")
 COMPUTE = ("unet", "controlnet", "vae", "text_encoder")
-MODELS = ("sd-x4", "stablevsr", "stream-diffvsr")  # overhead_fraction: the share of wall time outside these
+MODELS = ("sd-x4", "stablevsr", "stream-diffvsr", "mgld-vsr")  # overhead_fraction: the share of wall time outside these
+FLOPS_ONLY = ("mgld-vsr",)  # families counted with --flops-only but not yet instrumented for a timed run
 
 
 # --- stage timing -----------------------------------------------------------------------------
@@ -584,11 +586,58 @@ def flops_only(args, height: int, width: int) -> dict:
     return result
 
 
+def mgld_flops(args, height: int, width: int) -> dict:
+    """MGLD-VSR's counted FLOPs per output frame for an input of ``height`` x ``width``, at full size, as the sampler runs:
+    the input upsampled by s = max(512 / short side, 4) and padded to 32; per step and per 64-latent tile (overlap 32),
+    the struct encoder and the UNet on a 5-frame clip (a fifth of it per frame); the SD VAE's encoder once; the video
+    VAE's encoder levels 1-2 (the CFW features) and its temporal decoder once; the text encoder once per job."""
+    import torch
+
+    from vsrup.config import UpscaleConfig
+    from vsrup.models import mgld_vsr
+    from vsrup.models.registry import choose
+    from vsrup.sampling import mgld
+    from vsrup.sampling.tiles import plan
+
+    sample = choose("mgld-vsr").settle(UpscaleConfig(sample=sample_options(args))).sample
+    with quiet():
+        nets = mgld_vsr.build_random_networks("meta")
+    counter = FlopCounter.__new__(FlopCounter)
+    counter.cache = {}
+    s = mgld.upsample_factor(height, width)
+    up = [-(-int(n * s) // mgld.PAD) * mgld.PAD for n in (height, width)]  # padded upsampled size
+    latent = (up[0] // 8, up[1] // 8)
+    tiles = plan(1, *latent, mgld.TILE, mgld.OVERLAP)
+    side = (tiles[0].y.size, tiles[0].x.size)
+    frames = mgld_vsr.FRAMES
+    meta = lambda *shape: torch.empty(shape, device="meta")  # noqa: E731
+    t = torch.tensor(999, device="meta")
+    struct = counter._count("struct", lambda: nets["struct"](meta(frames, 4, *side), t)) / frames
+    features = nets["struct"](meta(frames, 4, *side), t)
+    unet = counter._count("unet", lambda: nets["unet"](meta(frames, 4, *side), t, meta(1, 77, 1024), features, frames)) / frames
+    encode = counter._count("encode", lambda: nets["vae"].encode(meta(1, 3, *up)))
+    cfw = counter._count("cfw", lambda: nets["video"].features(meta(1, 3, *up)))
+    decode = counter._count("decode", lambda: nets["video"].decode_clip(meta(frames, 4, *latent), nets["video"].features(meta(frames, 3, *up)), 1.0, frames)) / frames
+    text = counter._count("text", lambda: nets["text"](torch.zeros(1, 77, dtype=torch.long, device="meta")))
+    per_step = len(tiles) * (unet + struct)
+    frame = sample.steps * per_step + encode + cfw + decode
+    return {
+        "model": "mgld-vsr", "size": f"{height}x{width}", "steps": sample.steps, "upsampled": f"{up[0]}x{up[1]}", "latent": f"{latent[0]}x{latent[1]}",
+        "tile": mgld.TILE, "overlap": mgld.OVERLAP, "tiles": len(tiles), "window": frames,
+        "unet_flops_per_tile_frame": unet, "struct_flops_per_tile_frame": struct,
+        "unet_mflop_per_latent_px": unet / (side[0] * side[1]) / 1e6, "vae_encode_flops": encode, "cfw_features_flops": cfw,
+        "video_decode_flops": decode, "video_decode_mflop_per_latent_px": decode / (latent[0] * latent[1]) / 1e6,
+        "text_encoder_flops_per_prompt": text, "frame_flops": frame, "floor_s_per_frame_at_800_tflops": frame / 800e12,
+    }
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     height, width = map(int, args.size.lower().split("x"))
+    if args.model in FLOPS_ONLY and not args.flops_only:
+        raise SystemExit(f"--model {args.model}: only --flops-only is implemented (its timed run is not instrumented yet)")
     if args.flops_only:
-        result = flops_only(args, height, width)
+        result = mgld_flops(args, height, width) if args.model == "mgld-vsr" else flops_only(args, height, width)
         print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
         return result
 

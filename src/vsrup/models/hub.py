@@ -2,7 +2,8 @@
 
 This module knows no model names: a family passes its ``Layout`` (which configs, which folders,
 which networks' weights). Only those files are fetched, never a repo's single-file checkpoints or
-pickle (``.bin``, ``.ckpt``) weights; with a half precision dtype the ``fp16`` weight variant is
+pickle (``.bin``, ``.ckpt``) weights unless a Layout names them as files (MGLD-VSR's two checkpoints, which
+``models/pickles.py`` reads as weights only); with a half precision dtype the ``fp16`` weight variant is
 taken where the repo has it. Everything goes through huggingface_hub, which itself honours HF_HOME,
 HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT and HF_TOKEN.
 

@@ -26,6 +26,7 @@ FAMILIES = {  # short name -> (module, Hub repo)
     "sd-x4": ("vsrup.models.sd_x4", "stabilityai/stable-diffusion-x4-upscaler"),
     "stablevsr": ("vsrup.models.stablevsr", "claudiom4sir/StableVSR"),
     "stream-diffvsr": ("vsrup.models.stream_diffvsr", "Jamichsu/Stream-DiffVSR"),
+    "mgld-vsr": ("vsrup.models.mgld_vsr", "Iceclear/MGLD-VSR"),  # S-Lab License 1.0: non-commercial use only
     "lanczos": ("vsrup.models.lanczos", None),  # non-neural, no weights
 }
 DEFAULT_FAMILY = "sd-x4"  # of repo ids and folders that name no known family
