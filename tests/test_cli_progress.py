@@ -121,7 +121,7 @@ def documented() -> dict[str, set[str]]:
 
 
 def test_docs_show_one_example_of_every_event_type():
-    assert set(documented()) == {"start", "stage", "progress", "info", "warning", "memory", "download", "done", "skipped", "error", "summary"}
+    assert set(documented()) == {"start", "stage", "progress", "info", "warning", "memory", "download", "done", "skipped", "error", "summary", "unit"}
 
 
 def test_log_json_events_have_the_documented_fields(run_vsrup, tmp_path):

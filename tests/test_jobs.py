@@ -83,6 +83,10 @@ def test_a_job_is_byte_identical_to_a_plain_run_and_leaves_no_work_behind(tmp_pa
     assert code == 0, err
     log = events(run_vsrup.stdout)
     assert units_by_state(log, "done") == [0, 1, 2, 3]  # 20 frames in units of 6 (frames are independent: cut anywhere)
+    from test_cli_progress import documented
+
+    fields = documented()["unit"]
+    assert all(set(e) == fields for e in log if e["event"] == "unit")  # the documented --log-json schema
     assert (tmp_path / "job.mp4").read_bytes() == (tmp_path / "plain.mp4").read_bytes()
     assert not (tmp_path / "job.mp4.vsrup-work").exists()
 

@@ -138,6 +138,8 @@ def record(event: Event, job: str | None = None) -> dict:
         out.update(clip=None, clips=None, frames=None)
     elif event.kind == "done":
         out.update(frames=event.done)
+    elif event.kind == "unit":
+        out.update(worker=None, seconds=None)
     elif event.kind == "download":  # the hub names the file in ``message``
         out.update(message=f"downloading {event.message}", file=event.message, done_bytes=event.done, total_bytes=event.total)
     return {**out, **event.data}
@@ -192,6 +194,11 @@ class Reporter:
             self.start(event)
         elif event.kind == "download" and self.err.is_terminal:
             self.download(event)
+        elif event.kind == "unit" and event.data.get("state") in ("resumed", "retry"):
+            self.line(f"vsrup: {event.path}: {event.message}")
+        elif event.kind == "unit" and event.data.get("state") == "start":
+            self.stage = event.message
+            self.refresh(event)
         elif event.kind == "stage":
             self.stage = event.message
             if event.data.get("stage") == "sample":

@@ -3,8 +3,9 @@
 Kinds: ``start`` (a job begins; ``total`` frames if known), ``progress`` (``done`` of ``total``),
 ``info`` (a decision worth telling: model, tile size, deinterlacing), ``warning`` (something was
 changed or dropped), ``done`` (output written), ``skipped`` (``--skip-existing``), ``error``,
-``download`` (bytes ``done`` of ``total`` of the model file named in ``message``), and ``memory`` (the
-host memory a job's frames need, in ``data``; for scripts: the console shows it only with --log-json).
+``download`` (bytes ``done`` of ``total`` of the model file named in ``message``), ``memory`` (the
+host memory a job's frames need, in ``data``; for scripts: the console shows it only with --log-json),
+and ``unit`` (a resumable job's unit starts, is done, was done before, or is retried; docs/jobs.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # start|progress|info|warning|done|skipped|error|download|memory
+    kind: str  # start|progress|info|warning|done|skipped|error|download|memory|unit
     path: str = ""  # the input the event is about
     message: str = ""
     done: int = 0  # frames finished so far
