@@ -238,3 +238,12 @@ def test_a_sequential_model_s_units_start_at_its_restart_points_and_give_the_pla
     starts = [(e["lo"], e["hi"]) for e in events(run_vsrup.stdout) if e["event"] == "unit" and e["state"] == "start"]
     assert starts == [(0, 7), (7, 12)]  # the state runs through each shot: the only restart points are 0 and the cut
     assert (tmp_path / "job.mp4").read_bytes() == (tmp_path / "plain.mp4").read_bytes()
+
+
+def test_a_job_over_a_frame_span_gives_the_plain_run_of_that_span(tmp_path, video, tiny_sd_x4_cache, run_vsrup):
+    span = ["--frames", "5:16"]  # 5 sits inside a clip (starts 0, 3, 6, ...): its unit reads from the clip at 3
+    assert run_vsrup("upscale", video, tmp_path / "plain.mp4", *TINY, *span)[0] == 0
+    code, err = run_vsrup("upscale", video, tmp_path / "job.mp4", *TINY, *span, "--resumable", "--unit-len", "4", "--log-json")
+    assert code == 0, err
+    assert units_by_state(events(run_vsrup.stdout), "done") == [0, 1, 2]
+    assert (tmp_path / "job.mp4").read_bytes() == (tmp_path / "plain.mp4").read_bytes()

@@ -119,7 +119,10 @@ def drive(ray, jobs, config, emit, actors, pids, renderer, locks) -> list[Result
         item.left = {u.id for u in units}
         inputs.append(item)
         queue.extend((item, u) for u in units)
-    flying: dict = {}  # object ref -> (actor, input, unit, tries)
+    from vsrup.progress import Tracker
+
+    tracker = Tracker("", sum(u.hi - u.lo for _, u in queue), emit=emit)  # this run's frames, over every input
+    flying: dict = {}  # object ref -> (actor, input, unit)
     tries: dict[tuple[int, int], int] = {}
     for item in inputs:
         if not item.left:
@@ -162,6 +165,7 @@ def drive(ray, jobs, config, emit, actors, pids, renderer, locks) -> list[Result
         else:
             fold(item.work, item.manifest)
             item.left.discard(unit.id)
+            tracker.frames(tracker.done + unit.hi - unit.lo)
             emit(unit_event(item.job, unit, n, "done", f"unit {unit.id + 1}/{n} done in {record['seconds']:.1f} s", seconds=record["seconds"]))
         if item.error is not None and item.job not in results:
             emit(Event("error", path=str(item.job.source), message=str(item.error), data={"exit_code": item.error.exit_code}))

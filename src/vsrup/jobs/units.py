@@ -52,12 +52,15 @@ class CorruptUnit(Exception):
 
 def plan_units(frames, *, first: int, stop: int | None, unit_len: int, kind: str, clip_len: int, overlap: int,
                every: int | None, scene_threshold: float) -> tuple[list[Unit], int]:
-    """(units, frames in the input) from one pass over the decoded frames (as ``pipeline.upscale_frames`` would group them)."""
+    """(units, frames read) from one pass over the decoded frames (as ``pipeline.upscale_frames`` would group them),
+    which stops at the first clip (or restart point) at or past ``stop``."""
     spans: list[tuple[int, int]] = []  # (start, stop) of each clip, or of each run between restart points
-    count = 0
+    count = 0  # frames read: all of them, or up to the first clip (restart point) at or past ``stop``
     if kind == "sequential":
         start = None
         for frame, restart in restarts(frames, every, scene_threshold):
+            if stop is not None and frame.index >= stop:
+                break
             if restart and start is not None:
                 spans.append((start, frame.index))
             start = frame.index if restart else start
@@ -66,6 +69,8 @@ def plan_units(frames, *, first: int, stop: int | None, unit_len: int, kind: str
             spans.append((start, count))
     else:
         for clip in plan(frames, clip_len, overlap, scene_threshold if clip_len > 1 else 0.0):
+            if stop is not None and clip.start >= stop:
+                break
             spans.append((clip.start, clip.stop))
             count = clip.stop
     end = count if stop is None else min(stop, count)
