@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import media_factory as mf
-from tiny_sd import tiny_sd_x4_cache  # noqa: F401  (fixture)
+from tiny_sd import tiny_sd_x4_cache, tiny_sd_x4_folder  # noqa: F401  (fixtures)
 from tiny_stream import tiny_stream_cache  # noqa: F401  (fixture)
 from vsrup.jobs.units import plan_units
 
@@ -247,3 +247,21 @@ def test_a_job_over_a_frame_span_gives_the_plain_run_of_that_span(tmp_path, vide
     assert code == 0, err
     assert units_by_state(events(run_vsrup.stdout), "done") == [0, 1, 2]
     assert (tmp_path / "job.mp4").read_bytes() == (tmp_path / "plain.mp4").read_bytes()
+
+
+def test_a_changed_input_or_model_file_is_refused(tmp_path, run_vsrup, tiny_sd_x4_folder):
+    import shutil
+
+    src = mf.make_video(tmp_path / "in.mp4", frames=8, size=(32, 24))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd_x4_folder, model)
+    args = ["upscale", src, tmp_path / "out.mp4", *TINY, "-m", model, "--resumable", "--unit-len", "4"]
+    assert run_vsrup(*args, "--shard", "0/2")[0] == 0
+    config = model / "unet" / "config.json"
+    config.write_text(config.read_text() + "\n")
+    code, err = run_vsrup(*args)
+    assert code == 2 and "holds another job: model.files.unet/config.json: " in err
+    shutil.copy(tiny_sd_x4_folder / "unet" / "config.json", config)
+    mf.make_video(src, frames=9, size=(32, 24))
+    code, err = run_vsrup(*args)
+    assert code == 2 and "input.bytes: " in err and "input.sha256: " in err
