@@ -35,10 +35,11 @@ def config(**job) -> UpscaleConfig:
                          job=JobConfig(**job) if job else None)
 
 
-def test_two_actors_one_killed_mid_job_give_the_local_run_s_bytes(cluster, tmp_path, tiny_sd_x4_cache):
-    src = mf.make_video(tmp_path / "in.mp4", frames=12, size=(32, 24), audio=(mf.Audio(),))
-    (plain,) = upscale([src], tmp_path / "plain.mp4", config())
-    assert plain.status == "done"
+def test_two_actors_one_killed_mid_job_give_the_local_run_s_bytes_for_a_batch(cluster, tmp_path, tiny_sd_x4_cache):
+    sources = [mf.make_video(tmp_path / "in0.mp4", frames=12, size=(32, 24), audio=(mf.Audio(),)),
+               mf.make_video(tmp_path / "in1.mp4", frames=5, size=(32, 24))]
+    local = upscale(sources, tmp_path / "local/", config())
+    assert [r.status for r in local] == ["done"] * 2
     seen, killed = [], []
 
     def emit(event):
@@ -46,24 +47,15 @@ def test_two_actors_one_killed_mid_job_give_the_local_run_s_bytes(cluster, tmp_p
         data = event.data
         if event.kind == "unit" and data["state"] == "start" and data["unit"] == 1 and not killed:
             killed.append(data["worker"])
-            os.kill(data["worker"], signal.SIGKILL)  # the actor that was just handed unit 1
+            os.kill(data["worker"], signal.SIGKILL)  # the actor that was just handed unit 1 of the first input
 
-    (result,) = upscale([src], tmp_path / "ray.mp4", config(ray="auto", workers=2, unit_len=3), emit=emit)
-    assert result.status == "done", result.error
-    retried = [e.data["unit"] for e in seen if e.kind == "unit" and e.data["state"] == "retry"]
+    results = upscale(sources, tmp_path / "ray/", config(ray="auto", workers=2, unit_len=3, work_dir=str(tmp_path / "work")), emit=emit)
+    assert [r.status for r in results] == ["done"] * 2, [r.error for r in results]
+    retried = [e.data["unit"] for e in seen if e.kind == "unit" and e.data["state"] == "retry" and e.path == str(sources[0])]
     assert killed and 1 in retried
-    done = [e.data["unit"] for e in seen if e.kind == "unit" and e.data["state"] == "done"]
-    units = next(e.data["units"] for e in seen if e.kind == "unit")
-    assert sorted(done) == list(range(units))  # each unit done once, the killed one's included
-    assert (tmp_path / "ray.mp4").read_bytes() == (tmp_path / "plain.mp4").read_bytes()
-
-
-def test_a_batch_shares_the_actors_and_each_output_is_the_local_run_s(cluster, tmp_path, tiny_sd_x4_cache):
-    sources = [mf.make_video(tmp_path / f"in{k}.mp4", frames=4 + 3 * k, size=(32, 24)) for k in range(2)]
-    local = upscale(sources, tmp_path / "local/", config())
-    assert [r.status for r in local] == ["done"] * 2
-    results = upscale(sources, tmp_path / "ray/", config(ray="auto", unit_len=4, work_dir=str(tmp_path / "work")))
-    assert [r.status for r in results] == ["done"] * 2
-    for s in sources:
-        assert (tmp_path / "ray" / s.name).read_bytes() == (tmp_path / "local" / s.name).read_bytes()
+    for source in sources:  # each unit done once, the killed one's included; the batch's inputs share the actors
+        done = [e.data["unit"] for e in seen if e.kind == "unit" and e.data["state"] == "done" and e.path == str(source)]
+        units = next(e.data["units"] for e in seen if e.kind == "unit" and e.path == str(source))
+        assert sorted(done) == list(range(units))
+        assert (tmp_path / "ray" / source.name).read_bytes() == (tmp_path / "local" / source.name).read_bytes()
     assert not any(Path(tmp_path / "work").iterdir())  # each input's work folder goes once its output is committed
