@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from vsrup.config import EncodeConfig, JobConfig, SampleConfig, UpscaleConfig
-from vsrup.errors import UsageError
+from vsrup.errors import OutputError, UsageError
 from vsrup.events import Emit, Event, ignore
 from vsrup.jobs.manifest import FORMAT, WorkDir, create_json, differences, environment, model_files, plain, settings, sha256_of, write_json
 from vsrup.models import ModelInfo
@@ -131,7 +131,7 @@ def finish(job: Job, span: Span, lazy, config: UpscaleConfig, work: WorkDir, man
         if not config.job.keep_work:
             work.remove()
         return written
-    raise AssertionError("unreachable: each retry renders one unit again")
+    raise OutputError(f"{work.path}: unit files keep failing their checks after being rendered again; is the disk failing?")
 
 
 def unit_event(job: Job, unit: Unit, units: int, state: str, message: str, **data) -> Event:
