@@ -294,9 +294,10 @@ def check_frames_fit(model: Model, config: UpscaleConfig, in_px: int, out_px: in
 
 
 def clip_shape(model: Model, config: UpscaleConfig) -> tuple[int, int]:
-    """(frames per clip, overlap): the model's own window when its frames are independent, else --clip-len/--clip-overlap."""
+    """(frames per clip, overlap): the model's own window (with --clip-overlap, below it; none for independent
+    frames), else --clip-len/--clip-overlap."""
     if model.info.window:
-        return model.info.window, 0
+        return model.info.window, min(config.sample.clip_overlap, model.info.window - 1)
     return config.sample.clip_len, config.sample.clip_overlap
 
 
