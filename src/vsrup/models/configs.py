@@ -158,6 +158,29 @@ STREAM_VAE_CONFIG: dict[str, Any] = dict(  # vae/config.json ("TemporalAutoencod
 )
 
 
+# Upscale-A-Video (``sczhou/Upscale-A-Video`` configs/*.json, read; reference/ports.md §2): the published
+# configs as they are (3D block names, temporal fields), which models/upscale_a_video.py maps onto vsrup's
+# classes. Built on them, the networks hold exactly the published keys (tests/fixtures/upscale_a_video_*_keys.txt):
+# UNet 691.0 M parameters (the x4's 473.4 M + 217.6 M temporal), vae_3d 55.3 M, vae_video 113.8 M.
+UAV_UNET_CONFIG: dict[str, Any] = dict(
+    {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIG.items()},
+    down_block_types=["DownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D"],
+    up_block_types=["CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "UpBlock3D"],
+    down_temporal_idx=[0, 1, 2, 3],
+    mid_temporal=True,
+    up_temporal_idx=[0, 1, 2, 3],
+    temporal_module_config={"attention_block_types": ["", ""]},
+)
+UAV_VAE_3D_CONFIG: dict[str, Any] = dict(
+    {k: list(v) if isinstance(v, tuple) else v for k, v in VAE_CONFIG.items()},
+    down_block_types=["DownEncoderBlock3D"] * 3,
+    up_block_types=["UpDecoderBlock3D"] * 3,
+)
+UAV_VAE_VIDEO_CONFIG: dict[str, Any] = dict(
+    UAV_VAE_3D_CONFIG, up_block_types=["UpDecoderBlock3D_plus"] * 3, condition_img=True, condition_channels=128, use_temporal_block=True,
+)
+
+
 def build_random_components(
     device: str | torch.device = "meta", dtype: torch.dtype = torch.float32, family: str = "sd-x4"
 ) -> dict:
