@@ -184,7 +184,8 @@ UAV_VAE_VIDEO_CONFIG: dict[str, Any] = dict(
 def build_random_components(
     device: str | torch.device = "meta", dtype: torch.dtype = torch.float32, family: str = "sd-x4"
 ) -> dict:
-    """Full-size random-weight networks and the schedulers of ``family`` ("sd-x4", "stablevsr" or "stream-diffvsr").
+    """Full-size random-weight networks and the schedulers of ``family`` ("sd-x4", "stablevsr", "stream-diffvsr" or
+    "upscale-a-video": its video UNet and video VAE).
 
     ``device="meta"`` allocates nothing (parameter counts, shapes); a real device allocates and
     initialises there (the benchmark: timing does not need real weights). No tokenizer: its files
@@ -193,6 +194,14 @@ def build_random_components(
     from vsrup.models.temporal_tiny import TemporalAutoencoderTiny
 
     with torch.device(device):
+        if family == "upscale-a-video":
+            from vsrup.models.upscale_a_video import unet_from_config, vae_from_config
+
+            unet = unet_from_config(UAV_UNET_CONFIG).to(dtype)
+            vae = vae_from_config(UAV_VAE_VIDEO_CONFIG, video=True).to(vae_dtype(dtype))
+            text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG)).to(dtype)
+            schedulers = dict(scheduler=DDIMScheduler(**SCHEDULER_CONFIG), low_res_scheduler=DDPMScheduler(**LOW_RES_SCHEDULER_CONFIG))
+            return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), **schedulers)
         if family == "stream-diffvsr":
             unet = UNet2DConditionModel(**STABLEVSR_UNET_CONFIG).to(dtype)
             controlnet = ControlNetModel(**STABLEVSR_CONTROLNET_CONFIG).to(dtype).eval()
