@@ -363,12 +363,13 @@ def test_defaults_are_the_published_recipe_and_the_window_cross_fades():
 
 
 def test_both_layouts_are_known_and_a_missing_file_is_one_line(tiny_uav_folder, tiny_uav_cache, tmp_path):
-    from vsrup.models import upscale_a_video
+    from vsrup.models import hub, upscale_a_video
 
     assert choose("upscale-a-video").source == REPO_ID
     assert choose(str(tiny_uav_folder)).family == "upscale-a-video"  # by its files: it has no model_index.json
     snapshot = next((tiny_uav_cache / "hub").glob("models--Runware--Video-Upscale/snapshots/*"))
     assert choose(str(snapshot)).family == "upscale-a-video"  # by its model_index.json
+    assert hub.download(REPO_ID, upscale_a_video.FILES) == snapshot  # `vsrup download upscale-a-video`, offline: the cached copy
     broken = tmp_path / "broken"
     shutil.copytree(tiny_uav_folder, broken)
     (broken / "unet" / "unet_video.bin").unlink()
