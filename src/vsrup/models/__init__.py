@@ -63,7 +63,7 @@ class ModelInfo:
     cost: Cost | None  # its device calls, for the memory plan; None when it has no device work
     device: str = "cpu"  # where its work runs, a torch device name ("cpu", "cuda:0", "mps"): flow (RAFT) and plans go there
     restart_every: int | None = None  # sequential models: the state also restarts every this many frames
-    window: int | None = None  # clip models: frames sampled together; None = the job's --clip-len, 1 = frames independent
+    window: int | None = None  # clip models: frames sampled together (overlapped by --clip-overlap); None = the job's --clip-len, 1 = frames independent
 
 
 @dataclass(frozen=True)
