@@ -432,3 +432,21 @@ def test_upscale_and_frames_run_on_the_mirror_in_the_cache(tiny_uav_cache, tmp_p
     code, err = run_vsrup("frames", folder, tmp_path / "shots_x4", "--model", "upscale-a-video", "--steps", "2", "-s", "2")
     assert code == 0, err
     assert all(Image.open(tmp_path / "shots_x4" / f"{i}.png").size == (32, 24) for i in range(2))
+
+
+def test_a_windows_frames_are_seeded_by_their_input_indices(tiny_uav_folder, tmp_path, monkeypatch):
+    """The determinism contract: the same window and indices give the same frames, bit for bit; other indices
+    (other noise) give other frames."""
+    from tiny_sd import run_window
+
+    from vsrup.models import upscale_a_video
+
+    point_hf_at(monkeypatch, tmp_path / "hf")
+    config = UpscaleConfig(model=str(tiny_uav_folder), device="cpu", sample=SampleConfig(steps=2, seed=5, color_fix="none"))
+    model = upscale_a_video.Model(str(tiny_uav_folder), config)
+    frames = np.random.default_rng(3).random((4, 12, 16, 3), dtype=np.float32)
+    first, again = (run_window(model, config, frames, range(3, 7)) for _ in range(2))
+    other = run_window(model, config, frames, range(4, 8))
+    assert first.shape == (4, 48, 64, 3)
+    assert np.array_equal(first, again)
+    assert np.abs(first - other).mean() > 1e-3

@@ -84,9 +84,10 @@ MAX_NOISE_LEVEL = 200  # the published CLI's range, and the mirror's model_index
 SCALE = 4
 WINDOW = 8  # frames the temporal layers were trained on; the pipeline overlaps windows by --clip-overlap
 DEFAULTS = dict(SD_X4_DEFAULTS, noise_level=120, motion_guidance=0.0)  # inference_upscale_a_video.py: -n 120, no guidance of ours
-# UNet activations per latent px: the x4's 16 KB (memory.py) times 1.5 for the temporal layers (46% more parameters).
-# An estimate, not measured; the OOM retries shrink the plan if it is low.
-UNET_PER_PX = 24_000
+# UNet activation bytes per latent px of a frame tile (fp32), with the x4's 96 MiB intercept (memory.Cost): peaks of one
+# full-size video UNet call on 8 frames, random weights, CPU, VmHWM above the loaded model: 332 / 613 / 772 MiB at
+# 32^2 / 48^2 / 64^2 (docs/models/upscale-a-video.md); 32 KB bounds all three (the x4's is 16 KB). Not measured on a GPU.
+UNET_PER_PX = 32_000
 
 
 def settle(sample: SampleConfig) -> SampleConfig:
