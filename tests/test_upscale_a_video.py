@@ -275,9 +275,9 @@ def test_zeroed_temporal_layers_leave_the_x4_unet():
     output layers zeroed is the x4 UNet, exactly up to float rounding. With them random, equal frames change."""
     video, stock = tiny_pair()
     torch.manual_seed(10)
-    x, text, t, level = torch.randn(2, 7, 16, 24), torch.randn(2, 77, 32), torch.tensor(400), torch.tensor([120, 120])
+    x, text, t, level = torch.randn(2, 7, 13, 22), torch.randn(2, 77, 32), torch.tensor(400), torch.tensor([120, 120])  # odd: sizes forwarded
     with torch.no_grad():
-        expected = stock(x, t, encoder_hidden_states=text, class_labels=level).sample  # (2, 4, 16, 24)
+        expected = stock(x, t, encoder_hidden_states=text, class_labels=level).sample  # (2, 4, 13, 22)
         assert torch.allclose(video(x, t, text, level, frames=1)[0], expected, atol=1e-5)
         frames = 4
         rows = x.repeat_interleave(frames, 0)  # 2 videos of 4 equal frames

@@ -3,7 +3,8 @@
 This module knows no model names: a family passes its ``Layout`` (which configs, which folders,
 which networks' weights). Only those files are fetched, never a repo's single-file checkpoints or
 pickle (``.bin``, ``.ckpt``) weights; with a half precision dtype the ``fp16`` weight variant is
-taken where the repo has it. Everything goes through huggingface_hub, which itself honours HF_HOME,
+taken where the repo has it. A family whose weights exist only as pickles (Upscale-A-Video) names their
+folders whole in its layout and reads them through ``models/pickles.py`` (weights only, converted once). Everything goes through huggingface_hub, which itself honours HF_HOME,
 HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT and HF_TOKEN.
 
 Without a network (or with HF_HUB_OFFLINE=1) a job uses the cached snapshot of the revision, with
