@@ -54,7 +54,7 @@ from vsrup.sampling.noise import generators
 from vsrup.sampling.schedulers import SCHEDULERS, build_scheduler
 from vsrup.sampling.sd_x4 import TextEmbeddings, augment, sample_clip
 from vsrup.sampling.temporal import edited_steps, temporal_hook
-from vsrup.sampling.upscale_a_video import VideoDenoiser, decode_window
+from vsrup.sampling.upscale_a_video import DECODE_FRAMES, VideoDenoiser, decode_window
 
 LICENCE = "Upscale-A-Video's weights are licensed for non-commercial use only (S-Lab License 1.0)"
 
@@ -226,8 +226,9 @@ class Model:
         cost = Cost(
             dtype_bytes=torch.finfo(self.dtype).bits // 8, vae_dtype_bytes=torch.finfo(vae_dtype(self.dtype)).bits // 8,
             rows_per_frame=2 if guided else 1, unet_per_px=UNET_PER_PX,
-            vae_fixed=Cost.vae_fixed * 3, vae_per_px=Cost.vae_per_px * 3, vae_attention=Cost.vae_attention * 3,  # 3 frames per decode
-            vae_state_per_px=0,  # tiles use their own statistics (sampling/upscale_a_video.py)
+            vae_fixed=Cost.vae_fixed * DECODE_FRAMES, vae_per_px=Cost.vae_per_px * DECODE_FRAMES,  # a chunk per decode call
+            vae_attention=Cost.vae_attention * DECODE_FRAMES,
+            vae_state_per_px=Cost.vae_state_per_px * DECODE_FRAMES,  # a chunk's states (the x4's per frame, not measured here)
         )
         temporal = s.motion_guidance > 0 or bool(s.propagation_steps)
         self.info = ModelInfo(name="upscale-a-video", scale=SCALE, kind="clip", flow=temporal, generative=True, cost=cost,
