@@ -18,7 +18,7 @@ and encoding. A model sees only ``Window``s and a ``MemoryPlan``, and reports it
 
 Two kinds of model:
 
-* **clip** (sd-x4, StableVSR): ``sample(window, plan, progress)`` gets consecutive frames with their
+* **clip** (sd-x4, StableVSR, Upscale-A-Video): ``sample(window, plan, progress)`` gets consecutive frames with their
   input indices (which seed their noise) and, if ``info.flow``, the flow between neighbours, and
   returns outputs for the same frames. Windows (``--clip-len`` frames, or ``info.window``) overlap
   and are cross-faded by the pipeline; a frame's result may depend only on the window that holds it.
