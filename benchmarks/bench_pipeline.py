@@ -70,7 +70,7 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("decode", "flow", "text_encoder", "unet", "controlnet", "guidance", "vae", "color_fix", "encode", "idle")
 COMPUTE = ("unet", "controlnet", "vae", "text_encoder")
-MODELS = ("sd-x4", "stablevsr", "stream-diffvsr", "mgld-vsr")  # overhead_fraction: the share of wall time outside these
+MODELS = ("sd-x4", "stablevsr", "stream-diffvsr", "mgld-vsr", "upscale-a-video")  # overhead_fraction: the share of wall time outside these
 FLOPS_ONLY = ("mgld-vsr",)  # families counted with --flops-only but not yet instrumented for a timed run
 
 
@@ -336,19 +336,34 @@ class FlopCounter:
             self.cache[key] = counter.get_total_flops()
         return self.cache[key]
 
-    def unet_call(self, x_shape, text_shape, control_shape=None) -> int:
-        """The UNet on (N, 7, h, w); the ControlNet's residuals it adds are a few additions, left out."""
+    def unet_call(self, x_shape, text_shape, control_shape=None, frames: int = 1) -> int:
+        """The UNet on (N, 7, h, w); the ControlNet's residuals it adds are a few additions, left out.
+        ``frames``: Upscale-A-Video's video UNet on N rows, videos of that many frames."""
         import torch
 
         unet = self.meta["unet"]
+        video = {"frames": frames} if frames > 1 else {}
 
         def run():
             x = torch.empty(x_shape, device="meta")  # (N, 7, h, w)
             text = torch.empty(text_shape, device="meta")  # (N, 77, D)
             labels = torch.zeros(x_shape[0], dtype=torch.long, device="meta") if unet.config.num_class_embeds else None  # (N,)
-            unet(x, torch.tensor(999, device="meta"), encoder_hidden_states=text, class_labels=labels, return_dict=False)
+            unet(x, torch.tensor(999, device="meta"), encoder_hidden_states=text, class_labels=labels, return_dict=False, **video)
 
-        return self._count(("unet", x_shape, text_shape), run)
+        return self._count(("unet", x_shape, text_shape, frames), run)
+
+    def video_vae_call(self, z_shape, tile: int = 0, overlap: int = 0) -> int:
+        """Upscale-A-Video's video VAE decoding a (T, 4, h, w) window in its chunks of frames, in tiles of ``tile``."""
+        import torch
+
+        from vsrup.memory import MemoryPlan
+        from vsrup.sampling.upscale_a_video import decode_window
+
+        def run():
+            z, lr = torch.empty(z_shape, device="meta"), torch.empty(z_shape[0], 3, *z_shape[2:], device="meta")
+            decode_window(self.meta["vae"], z, lr, MemoryPlan(tuple(z_shape[2:]), 0, 0, 1, tile, overlap))
+
+        return self._count(("video_vae", z_shape, tile, overlap), run)
 
     def controlnet_call(self, x_shape, text_shape, control_shape) -> int:
         import torch
@@ -550,6 +565,8 @@ def flops_only(args, height: int, width: int) -> dict:
         "unet_flops_untiled": unet_whole, "unet_mflop_per_px_untiled": unet_whole / px / 1e6, "unet_flops_tiled": unet_tiled,
         "text_encoder_flops_per_prompt": counter.text_call(),
     }
+    if args.model == "upscale-a-video":
+        return result | video_flops(counter, sample, height, width, tile, overlap, n_tiles, side, text)
     if args.model != "stream-diffvsr":  # the x4 VAE's decode (Stream-DiffVSR's tiny one is counted below)
         vae_whole = counter.vae_call((1, 4, height, width))
         vae_tiled = counter.vae_call((1, 4, height, width), tile, min(SampleConfig().tile_overlap, tile // 4)) if tile else vae_whole
@@ -631,6 +648,30 @@ def mgld_flops(args, height: int, width: int) -> dict:
     }
 
 
+def video_flops(counter, sample, height, width, tile, overlap, n_tiles, side, text) -> dict:
+    """Upscale-A-Video per frame: a window of 8 frames per UNet call (every tile with all 8), steps x (1 or 2 with
+    CFG) calls; the video VAE decoding the window in chunks of 3 frames, tiled at ``tile`` with each tile's own
+    statistics. Windows overlap by 2 of 8 (--clip-overlap), so a video costs 8/6 of this per output frame."""
+    from vsrup.models.upscale_a_video import WINDOW
+
+    window = WINDOW
+    unet_whole = counter.unet_call((window, 7, height, width), (window, *text[1:]), frames=window) / window
+    unet_tiled = n_tiles * counter.unet_call((window, 7, *side), (window, *text[1:]), frames=window) / window
+    vae_whole = counter.video_vae_call((window, 4, height, width)) / window
+    vae_tiled = counter.video_vae_call((window, 4, height, width), tile, overlap) / window if tile else vae_whole
+    cfg = 2 if sample.guidance > 1.0 else 1
+    per_frame = {"untiled": sample.steps * cfg * unet_whole + vae_tiled, "tiled": sample.steps * cfg * unet_tiled + vae_tiled}
+    px = height * width
+    return {
+        "window": window, "cfg": cfg == 2,
+        "unet_flops_untiled": unet_whole, "unet_mflop_per_px_untiled": unet_whole / px / 1e6, "unet_flops_tiled": unet_tiled,
+        "vae_flops_untiled": vae_whole, "vae_mflop_per_px_untiled": vae_whole / px / 1e6, "vae_flops_tiled": vae_tiled,
+        "frame_flops_unet_untiled": per_frame["untiled"], "frame_flops_unet_tiled": per_frame["tiled"],
+        "floor_s_per_frame_at_800_tflops_unet_untiled": per_frame["untiled"] / 800e12,
+        "floor_s_per_frame_at_800_tflops_unet_tiled": per_frame["tiled"] / 800e12,
+    }
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     height, width = map(int, args.size.lower().split("x"))
@@ -640,6 +681,8 @@ def main(argv=None) -> dict:
         result = mgld_flops(args, height, width) if args.model == "mgld-vsr" else flops_only(args, height, width)
         print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
         return result
+    if args.model == "upscale-a-video":
+        raise SystemExit("--model upscale-a-video: --flops-only only (the timed run injects diffusers-layout networks; this family loads pickles)")
 
     import torch
 

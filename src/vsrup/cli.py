@@ -377,7 +377,7 @@ assert set(get_args(ColorFix)) == set(COLOR_FIXES)
 ScaleOpt = Annotated[Optional[float], ranged("scale", "--scale", "-s", metavar="X", help="Output size as a factor of the input's, e.g. 2 or 3.5; sizes from a fraction are rounded to even numbers. Made from the model's own x4, resized with antialiased Lanczos. Default 4.", rich_help_panel=IO)]
 WidthOpt = Annotated[Optional[int], ranged("width", metavar="PX", help="Output width in pixels; the height follows the aspect ratio (rounded to even) unless --height is given too.", rich_help_panel=IO)]
 HeightOpt = Annotated[Optional[int], ranged("height", metavar="PX", help="Output height in pixels; the width follows the aspect ratio (rounded to even) unless --width is given too.", rich_help_panel=IO)]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="sd-x4 (Stability AI's x4 upscaler), stablevsr (StableVSR, ECCV 2024), stream-diffvsr (fast mode), mgld-vsr (MGLD-VSR, ECCV 2024; S-Lab licence: non-commercial use only), lanczos (non-neural preview), a Hub repo id (owner/name) or a local diffusers folder.", rich_help_panel=MODEL)]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="sd-x4 (Stability AI's x4 upscaler), stablevsr (StableVSR, ECCV 2024), stream-diffvsr (fast mode), mgld-vsr (MGLD-VSR, ECCV 2024) and upscale-a-video (Upscale-A-Video, CVPR 2024), both S-Lab licence: non-commercial use only; lanczos (non-neural preview), a Hub repo id (owner/name) or a local diffusers folder (or Upscale-A-Video's official folder).", rich_help_panel=MODEL)]
 RevisionOpt = Annotated[Optional[str], typer.Option(metavar="REV", help="Hub revision to pin (branch, tag or commit).", rich_help_panel=MODEL)]
 DeviceOpt = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL)]
 DtypeOpt = Annotated[Dtype, typer.Option(metavar=choices(Dtype), help="auto: bf16 on CUDA where supported, else fp16; fp32 on CPU.", rich_help_panel=MODEL)]
@@ -386,7 +386,7 @@ StepsOpt = Annotated[Optional[int], ranged("steps", metavar="N", help="Denoising
 GuidanceOpt = Annotated[Optional[float], ranged("guidance", metavar="X", help="Classifier-free guidance scale; <= 1 disables it and halves the cost (sd-x4: 6.0; not for stablevsr or stream-diffvsr).", rich_help_panel=MODEL)]
 PromptOpt = Annotated[Optional[str], typer.Option(metavar="TEXT", help="Text prompt (sd-x4: \"best quality, extremely detailed\"; not for stablevsr or stream-diffvsr).", rich_help_panel=MODEL)]
 NegOpt = Annotated[Optional[str], typer.Option(metavar="TEXT", help="Negative prompt, used when --guidance > 1 (sd-x4: \"blur, worst quality\").", rich_help_panel=MODEL)]
-NoiseOpt = Annotated[Optional[int], ranged("noise_level", metavar="N", help="Noise augmentation of the low-resolution input (sd-x4: 20; not for stablevsr or stream-diffvsr).", rich_help_panel=MODEL)]
+NoiseOpt = Annotated[Optional[int], ranged("noise_level", metavar="N", help="Noise augmentation of the low-resolution input (sd-x4: 20, upscale-a-video: 120; not for stablevsr or stream-diffvsr).", rich_help_panel=MODEL)]
 SchedOpt = Annotated[Optional[Scheduler], typer.Option(metavar=choices(Scheduler), help="Scheduler (sd-x4: ddim; stablevsr: ddpm only; stream-diffvsr: ddim only).", rich_help_panel=MODEL)]
 SeedOpt = Annotated[int, typer.Option(metavar="N", help="Seed, 0..2^63-1; frame i uses seed + i.", rich_help_panel=MODEL)]
 ColorOpt = Annotated[ColorFix, typer.Option(metavar=choices(ColorFix), help="Match colours to the input: wavelet (low frequencies from the input), adain (mean and std), none.", rich_help_panel=MODEL)]
@@ -721,7 +721,7 @@ def assemble(
 
 @app.command(cls=Command, epilog=EXIT_CODES_HELP)
 def download(
-    model: Annotated[str, typer.Argument(metavar="[MODEL]", help="Model to prefetch into the Hugging Face cache: sd-x4, stablevsr, stream-diffvsr, or a repo id.")] = D.model,
+    model: Annotated[str, typer.Argument(metavar="[MODEL]", help="Model to prefetch into the Hugging Face cache: sd-x4, stablevsr, stream-diffvsr, upscale-a-video (non-commercial weights), or a repo id.")] = D.model,
     revision: RevisionOpt = None,
 ) -> None:
     """Fetch a model's weights now, for machines that will run offline (honours HF_HOME, HF_HUB_CACHE, HF_TOKEN)."""

@@ -18,7 +18,7 @@ and encoding. A model sees only ``Window``s and a ``MemoryPlan``, and reports it
 
 Two kinds of model:
 
-* **clip** (sd-x4, StableVSR): ``sample(window, plan, progress)`` gets consecutive frames with their
+* **clip** (sd-x4, StableVSR, Upscale-A-Video): ``sample(window, plan, progress)`` gets consecutive frames with their
   input indices (which seed their noise) and, if ``info.flow``, the flow between neighbours, and
   returns outputs for the same frames. Windows (``--clip-len`` frames, or ``info.window``) overlap
   and are cross-faded by the pipeline; a frame's result may depend only on the window that holds it.
@@ -63,7 +63,7 @@ class ModelInfo:
     cost: Cost | None  # its device calls, for the memory plan; None when it has no device work
     device: str = "cpu"  # where its work runs, a torch device name ("cpu", "cuda:0", "mps"): flow (RAFT) and plans go there
     restart_every: int | None = None  # sequential models: the state also restarts every this many frames
-    window: int | None = None  # clip models: frames sampled together; None = the job's --clip-len, 1 = frames independent
+    window: int | None = None  # clip models: frames sampled together (overlapped by --clip-overlap); None = the job's --clip-len, 1 = frames independent
 
 
 @dataclass(frozen=True)

@@ -158,10 +158,34 @@ STREAM_VAE_CONFIG: dict[str, Any] = dict(  # vae/config.json ("TemporalAutoencod
 )
 
 
+# Upscale-A-Video (``sczhou/Upscale-A-Video`` configs/*.json, read; reference/ports.md §2): the published
+# configs as they are (3D block names, temporal fields), which models/upscale_a_video.py maps onto vsrup's
+# classes. Built on them, the networks hold exactly the published keys (tests/fixtures/upscale_a_video_*_keys.txt):
+# UNet 691.0 M parameters (the x4's 473.4 M + 217.6 M temporal), vae_3d 55.3 M, vae_video 113.8 M.
+UAV_UNET_CONFIG: dict[str, Any] = dict(
+    {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIG.items()},
+    down_block_types=["DownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D"],
+    up_block_types=["CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "UpBlock3D"],
+    down_temporal_idx=[0, 1, 2, 3],
+    mid_temporal=True,
+    up_temporal_idx=[0, 1, 2, 3],
+    temporal_module_config={"attention_block_types": ["", ""]},
+)
+UAV_VAE_3D_CONFIG: dict[str, Any] = dict(
+    {k: list(v) if isinstance(v, tuple) else v for k, v in VAE_CONFIG.items()},
+    down_block_types=["DownEncoderBlock3D"] * 3,
+    up_block_types=["UpDecoderBlock3D"] * 3,
+)
+UAV_VAE_VIDEO_CONFIG: dict[str, Any] = dict(
+    UAV_VAE_3D_CONFIG, up_block_types=["UpDecoderBlock3D_plus"] * 3, condition_img=True, condition_channels=128, use_temporal_block=True,
+)
+
+
 def build_random_components(
     device: str | torch.device = "meta", dtype: torch.dtype = torch.float32, family: str = "sd-x4"
 ) -> dict:
-    """Full-size random-weight networks and the schedulers of ``family`` ("sd-x4", "stablevsr" or "stream-diffvsr").
+    """Full-size random-weight networks and the schedulers of ``family`` ("sd-x4", "stablevsr", "stream-diffvsr" or
+    "upscale-a-video": its video UNet and video VAE).
 
     ``device="meta"`` allocates nothing (parameter counts, shapes); a real device allocates and
     initialises there (the benchmark: timing does not need real weights). No tokenizer: its files
@@ -170,6 +194,14 @@ def build_random_components(
     from vsrup.models.temporal_tiny import TemporalAutoencoderTiny
 
     with torch.device(device):
+        if family == "upscale-a-video":
+            from vsrup.models.upscale_a_video import unet_from_config, vae_from_config
+
+            unet = unet_from_config(UAV_UNET_CONFIG).to(dtype)
+            vae = vae_from_config(UAV_VAE_VIDEO_CONFIG, video=True).to(vae_dtype(dtype))
+            text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG)).to(dtype)
+            schedulers = dict(scheduler=DDIMScheduler(**SCHEDULER_CONFIG), low_res_scheduler=DDPMScheduler(**LOW_RES_SCHEDULER_CONFIG))
+            return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), **schedulers)
         if family == "stream-diffvsr":
             unet = UNet2DConditionModel(**STABLEVSR_UNET_CONFIG).to(dtype)
             controlnet = ControlNetModel(**STABLEVSR_CONTROLNET_CONFIG).to(dtype).eval()

@@ -2,9 +2,9 @@
 
 This module knows no model names: a family passes its ``Layout`` (which configs, which folders,
 which networks' weights). Only those files are fetched, never a repo's single-file checkpoints or
-pickle (``.bin``, ``.ckpt``) weights unless a Layout names them as files (MGLD-VSR's two checkpoints, which
-``models/pickles.py`` reads as weights only); with a half precision dtype the ``fp16`` weight variant is
-taken where the repo has it. Everything goes through huggingface_hub, which itself honours HF_HOME,
+pickle (``.bin``, ``.ckpt``) weights unless a Layout names them as files (MGLD-VSR's two checkpoints) or folders whole
+(Upscale-A-Video, whose weights exist only as pickles); ``models/pickles.py`` reads those as weights only and converts
+them once. With a half precision dtype the ``fp16`` weight variant is taken where the repo has it. Everything goes through huggingface_hub, which itself honours HF_HOME,
 HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT and HF_TOKEN.
 
 Without a network (or with HF_HUB_OFFLINE=1) a job uses the cached snapshot of the revision, with

@@ -63,13 +63,18 @@ def to_device(network: torch.nn.Module, device: torch.device) -> torch.nn.Module
 
 
 def encode_prompts(
-    folder: Path, texts: Sequence[tuple[str, str]], device: torch.device, dtype: torch.dtype, emit: Emit
+    folder: Path, texts: Sequence[tuple[str, str]], device: torch.device, dtype: torch.dtype, emit: Emit,
+    encoder: torch.nn.Module | None = None,
 ) -> list[torch.Tensor]:
-    """Run the folder's text encoder once on each (what, text), (1, 77, D) each; the encoder is freed on return."""
+    """Run the folder's text encoder once on each (what, text), (1, 77, D) each; the encoder is freed on return.
+
+    ``encoder``: one the caller built (from converted pickle weights), used instead of the folder's safetensors.
+    """
     from transformers import CLIPTextModel, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-    encoder = load_network(CLIPTextModel, folder, "text_encoder", "model", dtype, device)
+    if encoder is None:
+        encoder = load_network(CLIPTextModel, folder, "text_encoder", "model", dtype, device)
     limit = tokenizer.model_max_length
     out = []
     with torch.no_grad():

@@ -5,7 +5,9 @@ resolves it once into a ``Choice``: the family's module (see ``models/__init__.p
 module provides) and where its files are. A local folder's family is read from its
 ``model_index.json`` (``_class_name``, plain JSON; nothing in the folder is run), and so is an other
 repo id's (its ``model_index.json`` alone, from the cache or the Hub): a variant of a family (say
-``Jamichsu/Stream-DiffVSR-Mix-Degradation``) loads as that family. A repo or folder whose index names
+``Jamichsu/Stream-DiffVSR-Mix-Degradation``) loads as that family. A family whose published folder is
+not in diffusers layout names the files that mark it (``MARKER_FILES``: Upscale-A-Video's official
+``unet/unet_video_config.json``), which are looked for first. A repo or folder whose index names
 no known pipeline, or cannot be read, is loaded as an x4 upscaler (fine-tunes in diffusers layout).
 """
 
@@ -27,6 +29,7 @@ FAMILIES = {  # short name -> (module, Hub repo)
     "stablevsr": ("vsrup.models.stablevsr", "claudiom4sir/StableVSR"),
     "stream-diffvsr": ("vsrup.models.stream_diffvsr", "Jamichsu/Stream-DiffVSR"),
     "mgld-vsr": ("vsrup.models.mgld_vsr", "Iceclear/MGLD-VSR"),  # S-Lab License 1.0: non-commercial use only
+    "upscale-a-video": ("vsrup.models.upscale_a_video", "Runware/Video-Upscale"),  # unofficial mirror; weights non-commercial (S-Lab)
     "lanczos": ("vsrup.models.lanczos", None),  # non-neural, no weights
 }
 DEFAULT_FAMILY = "sd-x4"  # of repo ids and folders that name no known family
@@ -71,7 +74,11 @@ def choose(model: str) -> Choice:
 
 
 def folder_family(folder: Path) -> str:
-    """The family whose pipeline class the folder's ``model_index.json`` names; the default otherwise."""
+    """The family whose MARKER_FILES the folder holds (a published layout that is not diffusers'), else the one
+    whose pipeline class its ``model_index.json`` names; the default otherwise."""
+    for name, (module, _) in FAMILIES.items():
+        if any((folder / marker).is_file() for marker in getattr(import_module(module), "MARKER_FILES", ())):
+            return name
     try:
         named = json.loads((folder / "model_index.json").read_text()).get("_class_name")
     except (OSError, ValueError, AttributeError):

@@ -56,7 +56,7 @@ class Moments:
 
     total: Tensor  # (C,) S1 per channel
     squares: Tensor  # (C,) S2 per channel
-    pixels: int  # H W
+    pixels: int  # N H W: the pixels summed over (N frames decoded together; 1 for the x4 VAE)
 
 
 def decode_tiled(vae, latents: Tensor, *, tile: int, overlap: int, frame_statistics: bool = True) -> Tensor:
@@ -194,7 +194,7 @@ def run_pass(fn: Callable[..., tuple[Tensor, ...]], inputs: tuple[Strips, ...], 
             x[r] = x[r][:, :, x[r].shape[2] - halo :].clone()
     for x in inputs[:consumed]:
         x.clear()
-    return tuple(outputs), Moments(total, squares, sum(strip.shape[2] * strip.shape[3] for strip in outputs[0]))
+    return tuple(outputs), Moments(total, squares, sum(strip.shape[0] * strip.shape[2] * strip.shape[3] for strip in outputs[0]))
 
 
 def cut(x: Strips, r: int, halo: int, b0: int, b1: int) -> Tensor:
@@ -207,9 +207,9 @@ def cut(x: Strips, r: int, halo: int, b0: int, b1: int) -> Tensor:
 
 
 def new_state(like: Tensor, height: int, width: int) -> Tensor:
-    """An empty (1, C, height, width) strip in ``like``'s dtype, device and memory format."""
+    """An empty (N, C, height, width) strip in ``like``'s batch, dtype, device and memory format."""
     layout = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    return like.new_empty((1, like.shape[1], height, width)).contiguous(memory_format=layout)
+    return like.new_empty((like.shape[0], like.shape[1], height, width)).contiguous(memory_format=layout)
 
 
 def cores(n: int, tile: int) -> list[tuple[int, int]]:
@@ -225,9 +225,9 @@ def reach(conv: nn.Conv2d) -> int:
 
 
 def moments(x: Tensor) -> Moments:
-    """Per-channel S1 and S2 of (1, C, H, W), summed in float64 (float32 on MPS, which has no float64)."""
+    """Per-channel S1 and S2 of (N, C, H, W) over all N, summed in float64 (float32 on MPS, which has no float64)."""
     acc = torch.float32 if x.device.type == "mps" else torch.float64
-    return Moments(x.sum(dim=(0, 2, 3), dtype=acc), x.square().sum(dim=(0, 2, 3), dtype=acc), x.shape[2] * x.shape[3])
+    return Moments(x.sum(dim=(0, 2, 3), dtype=acc), x.square().sum(dim=(0, 2, 3), dtype=acc), x.shape[0] * x.shape[2] * x.shape[3])
 
 
 def norm_affine(norm: nn.GroupNorm, m: Moments) -> tuple[Tensor, Tensor]:
