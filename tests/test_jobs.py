@@ -127,14 +127,14 @@ def test_sigkill_mid_unit_and_mid_assembly_then_the_same_command_resumes_to_iden
     before = kill_at(job, sampling_unit_1)
     assert units_by_state(before, "done") == [0]
     work = tmp_path / "out.mp4.vsrup-work"
-    assert (work / "unit_000001.partial.nut").exists() and not out.exists()
+    assert list(work.glob("unit_000001.partial.*.nut")) and not out.exists(), sorted(p.name for p in work.iterdir())  # named by its writer's host and pid
     # 2. the same command: unit 0 is not computed again; killed while it assembles
     again = kill_at(job, lambda e: e["event"] == "stage" and e.get("stage") == "assemble")
     n = next(e["units"] for e in before if e["event"] == "unit")
     assert n >= 3
     assert units_by_state(again, "resumed") == [0]
     assert units_by_state(again, "start") == list(range(1, n))
-    assert not out.exists() and not (work / "unit_000001.partial.nut").exists()
+    assert not out.exists() and not list(work.glob("unit_000001.partial.*"))
     # 3. once more: nothing is rendered, the output is assembled, byte-identical to the plain run
     last = events(vsrup(*job, "--log-json").stdout)
     assert units_by_state(last, "start") == [] and units_by_state(last, "resumed") == list(range(n))
@@ -265,3 +265,30 @@ def test_a_changed_input_or_model_file_is_refused(tmp_path, run_vsrup, tiny_sd_x
     mf.make_video(src, frames=9, size=(32, 24))
     code, err = run_vsrup(*args)
     assert code == 2 and "input.bytes: " in err and "input.sha256: " in err
+
+
+def test_a_driver_is_refused_while_shards_run_and_a_shard_keeps_live_writers_files(tmp_path, video, run_vsrup):
+    import fcntl
+    import socket
+
+    from vsrup.jobs.manifest import WorkDir
+
+    out = tmp_path / "out.mp4"
+    args = ["upscale", video, out, "-m", "lanczos", "-s", "2", "--resumable", "--unit-len", "6"]
+    assert run_vsrup(*args, "--shard", "0/2")[0] == 0
+    work = WorkDir(tmp_path / "out.mp4.vsrup-work")
+    with open(work.path / "lock") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # a shard at work
+        code, err = run_vsrup(*args)
+        assert code == 2 and "another vsrup process is running this job" in err
+    manifest = json.loads(work.manifest_path.read_text())
+    host = socket.gethostname().replace(".", "_")
+    live = work.path / f"unit_000001.partial.{host}.{os.getpid()}.nut"  # this process is alive
+    dead = work.path / f"unit_000003.partial.{host}.{2**22 + 12345}.nut"  # no such process
+    remote = work.path / "unit_000002.partial.elsewhere.1.nut"  # another machine's: it may be at work
+    for path in (live, dead, remote):
+        path.write_bytes(b"x")
+    work.clean(manifest, alone=False)
+    assert live.exists() and remote.exists() and not dead.exists()
+    work.clean(manifest, alone=True)  # a driver holds the lock alone: every partial file is a dead run's
+    assert not live.exists() and not remote.exists()

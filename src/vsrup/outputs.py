@@ -181,12 +181,12 @@ def remove_stale_partials(target: Path, emit: Emit = ignore) -> None:
         if match is None or match["stem"] != target.stem or (match["suffix"] or "") != target.suffix:
             continue
         pid = int(match["pid"])
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not alive(pid):
             discard(entry)
             emit(Event("info", path=str(target), message=f"removed {entry}, the temporary file of an earlier run (process {pid}) that did not finish"))
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

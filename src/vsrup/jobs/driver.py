@@ -101,6 +101,7 @@ def run(job: Job, lazy: LazyModel, config: UpscaleConfig, emit: Emit, *, several
             from vsrup.pipeline import work_shape
             from vsrup.progress import Tracker
 
+            check_fit(lazy.get(), config, span, manifest["plan"]["pix_fmt"], str(job.source), emit)
             window, overlap = work_shape(lazy.get(), config)
             tracker = Tracker(str(job.source), sum(u.hi - u.lo for u in todo_units), window=window, overlap=overlap, emit=emit)
         for unit in todo_units:
@@ -111,6 +112,19 @@ def run(job: Job, lazy: LazyModel, config: UpscaleConfig, emit: Emit, *, several
                        + (f"{left} unit(s) of other shards remain" if left else f"all units are done: run `vsrup assemble {work.path}`")))
             return rendered
         return finish(job, span, lazy, config, work, manifest, emit)
+
+
+def check_fit(model, config: UpscaleConfig, span: Span, pix_fmt: str, what: str, emit: Emit) -> None:
+    """The host-memory check of a plain run (``pipeline.check_frames_fit``), for a unit's frames: decoded a clip
+    ahead, written to its file in the encoder's pixel format as they come."""
+    import av
+
+    from vsrup.pipeline import check_frames_fit, queue_depth
+
+    video = span.info.video
+    in_px, out_px = video.width * video.height, span.size[0] * span.size[1]
+    picture = sum(p.buffer_size for p in av.VideoFrame(64, 64, pix_fmt).planes) / 64**2
+    check_frames_fit(model, config, in_px, out_px, queue_depth(in_px), 0, picture, what, emit)
 
 
 def finish(job: Job, span: Span, lazy, config: UpscaleConfig, work: WorkDir, manifest: dict, emit: Emit) -> int:
@@ -194,8 +208,8 @@ def accept_env(manifest: dict, config: UpscaleConfig, work: WorkDir, job: Job, e
 
 @contextmanager
 def exclusive(work: WorkDir, *, shared: bool):
-    """One driver per work directory (shards share it, each taking its own units)."""
-    path = work.path / ("shard.lock" if shared else "driver.lock")
+    """One driver per work directory, or any number of shards (each taking its own units), never both."""
+    path = work.path / "lock"
     with open(path, "a+") as lock:
         try:
             fcntl.flock(lock, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -238,7 +252,7 @@ def open_job(job: Job, span: Span, config: UpscaleConfig, work: WorkDir, emit: E
         changed = differences(existing["job"], ident)
         if changed:
             raise UsageError(f"{work.path} holds another job: {'; '.join(changed)}; pass --restart to discard its work, or choose another --work-dir")
-        work.clean(existing, emit)
+        work.clean(existing, emit, alone=config.job.shard is None)
         return existing
     model = renderer()
     emit(Event("stage", path=str(job.source), message="planning the units (one decoding pass)", data={"stage": "plan"}))

@@ -4,7 +4,7 @@ Layout (docs/jobs.md)::
 
     <work dir>/manifest.json      the job: identity, environment, plan and units; rewritten whole, atomically
     <work dir>/units/000003.json  unit 3's record (its file, size and per-frame pts and CRC-32), written when it is done
-    <work dir>/unit_000003.nut    unit 3's frames, FFV1, lossless ("unit_000003.partial.nut" while written)
+    <work dir>/unit_000003.nut    unit 3's frames, FFV1, lossless ("unit_000003.partial.HOST.PID.nut" while written)
 
 A unit counts as done only when its record exists and its file has the recorded size; the records are
 the truth (shards write them from separate processes), and the manifest's copy of them is a summary
@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import shutil
+import socket
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,19 +28,25 @@ from vsrup import __version__
 from vsrup.config import UpscaleConfig
 from vsrup.errors import OutputError, UsageError
 from vsrup.events import Emit, Event, ignore
-from vsrup.outputs import discard, fsync, move_no_replace
+from vsrup.outputs import alive, discard, fsync, move_no_replace
 
 FORMAT = 1  # "vsrup_manifest" version
 MANIFEST = "manifest.json"
 UNIT_FILE = re.compile(r"unit_(\d{6})\.nut")
+WRITER = re.compile(r".*\.(?P<host>[^.]+)\.(?P<pid>\d+)\.(tmp|nut)")  # a file being written: the writer's host and pid
 RECORD = re.compile(r"(\d{6})\.json")
 NOT_IDENTITY = ("overwrite", "skip_existing")  # options that change what happens to an existing output, not its bits
 EXECUTOR = ("work_dir", "shard", "ray", "workers", "restart", "accept_env_change", "keep_work")  # who renders, not what
 
 
+def writer_tag() -> str:
+    """HOST.PID of this process, in the names of the files it is writing: a rerun removes only a dead writer's."""
+    return f"{socket.gethostname().replace('.', '_') or 'host'}.{os.getpid()}"
+
+
 def write_json(path: Path, data: dict) -> None:
     """Replace ``path`` with ``data`` atomically: a temporary file, fsync, rename, directory fsync."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp = path.with_name(f".{path.name}.{writer_tag()}.tmp")
     try:
         temp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         fsync(temp)
@@ -52,7 +59,7 @@ def write_json(path: Path, data: dict) -> None:
 
 def create_json(path: Path, data: dict) -> bool:
     """Write ``path`` atomically unless it exists (another shard made it first): whether this call made it."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp = path.with_name(f".{path.name}.{writer_tag()}.tmp")
     try:
         temp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         fsync(temp)
@@ -208,7 +215,7 @@ class WorkDir:
         return self.path / f"unit_{unit:06d}.nut"
 
     def partial_file(self, unit: int) -> Path:
-        return self.path / f"unit_{unit:06d}.partial.nut"
+        return self.path / f"unit_{unit:06d}.partial.{writer_tag()}.nut"
 
     def record_path(self, unit: int) -> Path:
         return self.units / f"{unit:06d}.json"
@@ -232,15 +239,22 @@ class WorkDir:
         discard(self.record_path(unit))
         discard(self.unit_file(unit))
 
-    def clean(self, manifest: dict, emit: Emit = ignore) -> None:
-        """Remove what a killed run left (``.partial`` files, temporary manifests) and unit files the manifest does not list."""
+    def clean(self, manifest: dict, emit: Emit = ignore, *, alone: bool = True) -> None:
+        """Remove what a killed run left (``.partial`` files, temporary manifests) and unit files the manifest does not list.
+
+        ``alone``: no other process works in the directory (a driver's lock), so every partial file is a dead
+        one's; else (shards) only those whose writer was on this host and is gone."""
         listed = {u["id"] for u in manifest["units"]}
+        here = writer_tag().rsplit(".", 1)[0]
         for entry in list(self.path.iterdir()) + list(self.units.iterdir()):
             name = entry.name
-            stray = ".partial." in name or name.endswith(".tmp")
-            if entry.parent == self.path and (m := UNIT_FILE.fullmatch(name)):
+            stray = False
+            if ".partial." in name or name.endswith(".tmp"):
+                writer = WRITER.fullmatch(name)
+                stray = alone or (writer is not None and writer["host"] == here and not alive(int(writer["pid"])))
+            elif entry.parent == self.path and (m := UNIT_FILE.fullmatch(name)):
                 stray = int(m[1]) not in listed
-            if entry.parent == self.units and (m := RECORD.fullmatch(name)):
+            elif entry.parent == self.units and (m := RECORD.fullmatch(name)):
                 stray = int(m[1]) not in listed
             if stray and entry.is_file():
                 discard(entry)
