@@ -127,9 +127,10 @@ def drive(ray, jobs, config, emit, actors, pids, renderer, locks) -> list[Result
     for item in inputs:
         if not item.left:
             settle(item, config, emit, results)
+    restarting: dict = {}  # describe() call of an actor Ray is restarting -> the actor: no units for it until it answers
     while queue or flying:
         for actor in actors:
-            while queue and sum(1 for a, *_ in flying.values() if a is actor) < IN_FLIGHT:
+            while actor not in restarting.values() and queue and sum(1 for a, *_ in flying.values() if a is actor) < IN_FLIGHT:
                 item, unit = queue.popleft()
                 if item.error is not None:
                     continue
@@ -137,9 +138,18 @@ def drive(ray, jobs, config, emit, actors, pids, renderer, locks) -> list[Result
                 emit(unit_event(item.job, unit, n, "start", f"unit {unit.id + 1}/{n}: frames {unit.lo}:{unit.hi}", worker=pids[actor]))
                 ref = actor.render.remote(unit, item.span, str(item.work.path), item.manifest["plan"])
                 flying[ref] = (actor, item, unit)
-        if not flying:
+        if not flying and not restarting:
             break
-        ready, _ = ray.wait(list(flying), num_returns=1)
+        ready, _ = ray.wait(list(flying) + list(restarting), num_returns=1)
+        if ready[0] in restarting:  # a restarted actor answers (its new process), or is out of restarts
+            actor = restarting.pop(ready[0])
+            try:
+                pids[actor] = ray.get(ready[0])[1]
+            except ray.exceptions.RayActorError:
+                actors.remove(actor)
+                if not actors:
+                    raise VsrupError("every Ray worker died and none can be restarted; run the same command again to resume") from None
+            continue
         actor, item, unit = flying.pop(ready[0])
         n = len(item.manifest["units"])
         try:
@@ -152,12 +162,8 @@ def drive(ray, jobs, config, emit, actors, pids, renderer, locks) -> list[Result
             else:
                 emit(unit_event(item.job, unit, n, "retry", f"unit {unit.id + 1}/{n}: its worker died; queued again"))
                 queue.appendleft((item, unit))
-                try:
-                    pids[actor] = ray.get(actor.describe.remote())[1]  # Ray restarted it: its new process
-                except ray.exceptions.RayActorError:
-                    actors.remove(actor)  # out of restarts
-                if not actors:
-                    raise VsrupError("every Ray worker died and none can be restarted; run the same command again to resume") from None
+                if actor not in restarting.values():  # the other actors go on meanwhile
+                    restarting[actor.describe.remote()] = actor
                 continue
         except ray.exceptions.RayTaskError as error:
             cause = error.as_instanceof_cause()
