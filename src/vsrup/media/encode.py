@@ -180,8 +180,11 @@ class VideoWriter:
         self._file = open(self.path, "wb")
         try:
             # The format from the name's extension; mp4/mov with the index (moov) moved to the front at the end.
+            # bitexact: no random IDs or dates in the container (Matroska's segment and track UIDs and DateUTC
+            # differed on every run), so the same frames give the same file.
             faststart = self.config.faststart and self.path.suffix.lower() in FASTSTART_SUFFIXES
-            self._output = av.open(self._file, "w", options={"movflags": "+faststart"} if faststart else {})
+            options = {"fflags": "+bitexact", **({"movflags": "+faststart"} if faststart else {})}
+            self._output = av.open(self._file, "w", options=options)
         except ValueError:
             raise UsageError(f"{self.path}: cannot tell the output format from the extension") from None
         self._source = open_input(info.path)
