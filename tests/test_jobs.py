@@ -19,6 +19,7 @@ import pytest
 import media_factory as mf
 from tiny_sd import tiny_sd_x4_cache, tiny_sd_x4_folder  # noqa: F401  (fixtures)
 from tiny_stream import tiny_stream_cache  # noqa: F401  (fixture)
+from tiny_uav import tiny_uav_folder  # noqa: F401  (fixture)
 from vsrup.jobs.units import plan_units
 
 TINY = ["-m", "sd-x4", "--device", "cpu", "--steps", "2", "--clip-len", "4", "--clip-overlap", "1", "--threads", "1"]
@@ -292,3 +293,16 @@ def test_a_driver_is_refused_while_shards_run_and_a_shard_keeps_live_writers_fil
     assert live.exists() and remote.exists() and not dead.exists()
     work.clean(manifest, alone=True)  # a driver holds the lock alone: every partial file is a dead run's
     assert not live.exists() and not remote.exists()
+
+
+def test_an_upscale_a_video_job_in_its_official_folder_gives_the_plain_run(tmp_path, run_vsrup, tiny_uav_folder):
+    """Windows of 8 overlapping by 2, the model's files hashed for the identity (a local folder of pickles)."""
+    src = mf.make_video(tmp_path / "in.mp4", frames=14, size=(16, 12))
+    fast = ["--model", tiny_uav_folder, "--device", "cpu", "--steps", "2", "--threads", "1"]
+    assert run_vsrup("upscale", src, tmp_path / "plain.mp4", *fast)[0] == 0
+    code, err = run_vsrup("upscale", src, tmp_path / "job.mp4", *fast, "--resumable", "--unit-len", "6", "--keep-work", "--log-json")
+    assert code == 0, err
+    assert units_by_state(events(run_vsrup.stdout), "done") == [0, 1]  # windows start at 0, 6, 12: units 0:6, 6:14
+    assert (tmp_path / "job.mp4").read_bytes() == (tmp_path / "plain.mp4").read_bytes()
+    manifest = json.loads((tmp_path / "job.mp4.vsrup-work" / "manifest.json").read_text())
+    assert "unet/unet_video.bin" in manifest["job"]["model"]["files"]
