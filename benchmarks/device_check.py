@@ -10,7 +10,9 @@ classes) in a temporary folder, makes a 12-frame H.264 + AAC video, and runs ``v
 with the library's defaults (tiles, motion guidance, clips and cross-fades, colour fix) at 2 steps:
 once on ``--device`` in its default dtype, once on the CPU in fp32, into lossless FFV1. Both outputs
 are decoded to 8-bit RGB and compared pixel by pixel. bf16 rounds differently from fp32 and the difference grows over
-the steps, so the levels are reported, not judged; a failure or a wrong frame count is an error.
+the steps, so the levels are reported, not judged; a failure or a wrong frame count is an error. Then the
+device's run again as a resumable job in units of 4 frames (docs/jobs.md): ``job_identical`` says whether
+its file is byte-identical to the device's plain run (on the CPU it is, tests/test_jobs.py).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def main(argv=None) -> dict:
         from tiny_sd import build_tiny_components
     finally:
         del sys.path[:2]
-    from vsrup.config import EncodeConfig, SampleConfig, UpscaleConfig
+    from vsrup.config import EncodeConfig, JobConfig, SampleConfig, UpscaleConfig
     from vsrup.pipeline import upscale
 
     with tempfile.TemporaryDirectory(prefix="vsrup-device-check-") as tmp:
@@ -59,8 +61,7 @@ def main(argv=None) -> dict:
         runs = {}
         for name, device, dtype in (("device", args.device, "auto"), ("cpu", "cpu", "fp32")):
             events: list = []
-            # Lossless FFV1: the comparison sees the pipeline's frames, not the encoder's (libx264's AVX-512 code is
-            # not run-to-run deterministic on some content; docs/benchmarks.md).
+            # Lossless FFV1: the comparison sees the pipeline's frames, not a lossy encoder's.
             config = UpscaleConfig(model=str(model), device=device, dtype=dtype, overwrite=True, sample=SampleConfig(steps=2), encode=EncodeConfig(codec="ffv1"))
             started = time.perf_counter()
             results = upscale([source], tmp / f"{name}.mkv", config, emit=events.append)
@@ -69,6 +70,12 @@ def main(argv=None) -> dict:
                 raise SystemExit(f"the job failed on {device}: {results[0].error}")
             model_line = next((e.message for e in events if e.kind == "info" and e.message.startswith("model ")), "")
             runs[name] = dict(frames=decoded(tmp / f"{name}.mkv"), seconds=seconds, model=model_line)
+        job = UpscaleConfig(model=str(model), device=args.device, overwrite=True, sample=SampleConfig(steps=2),
+                            encode=EncodeConfig(codec="ffv1"), job=JobConfig(unit_len=4))
+        results = upscale([source], tmp / "job.mkv", job)
+        if results[0].status != "done":
+            raise SystemExit(f"the resumable job failed on {args.device}: {results[0].error}")
+        job_identical = (tmp / "job.mkv").read_bytes() == (tmp / "device.mkv").read_bytes()
         on_device, on_cpu = runs["device"]["frames"], runs["cpu"]["frames"]
         if on_device.shape != on_cpu.shape:
             raise SystemExit(f"the outputs differ in shape: {on_device.shape} on {args.device}, {on_cpu.shape} on the CPU")
@@ -83,6 +90,7 @@ def main(argv=None) -> dict:
         "max_abs_levels": int(diff.max()),
         "device_seconds": round(runs["device"]["seconds"], 2),
         "cpu_seconds": round(runs["cpu"]["seconds"], 2),
+        "job_identical": job_identical,
     }
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
     return result

@@ -54,6 +54,7 @@ def test_device_check_of_the_cpu_against_itself_is_exact(capsys):
     assert printed["frames"] == 12 and printed["size"] == [128, 192]  # 12 frames of 48x32, x4
     assert printed["max_abs_levels"] == 0  # two separate jobs, same device and dtype: bit for bit
     assert "on cpu in float32" in printed["model_line"]
+    assert printed["job_identical"] is True  # the same job, resumable, in units of 4 frames
 
 
 def test_bench_encoders_measures_each_default_encoder_with_its_default_options(capsys):
