@@ -183,7 +183,7 @@ def test_a_changed_environment_is_refused_unless_accepted_and_then_recorded(tmp_
     code, err = run_vsrup(*args, "--shard", "0/2")
     assert code == 0, err
     real = manifest.environment
-    monkeypatch.setattr(driver, "environment", lambda device: {**real(device), "torch": "9.9.9"})
+    monkeypatch.setattr(driver, "environment", lambda *args: {**real(*args), "torch": "9.9.9"})
     code, err = run_vsrup(*args)
     assert code == 2 and "torch: " in err and "--accept-env-change" in err
     code, err = run_vsrup(*args, "--accept-env-change")

@@ -43,7 +43,7 @@ class Renderer:
     env: dict
 
 
-def describe(model) -> Renderer:
+def describe(model, config: UpscaleConfig) -> Renderer:
     """The Renderer of a loaded model, in the process that holds it."""
     budget = None
     if model.info.cost is not None:
@@ -52,7 +52,7 @@ def describe(model) -> Renderer:
         from vsrup.memory import free_memory
 
         budget = free_memory(torch.device(model.info.device))
-    return Renderer(model.info, budget, environment(model.info.device))
+    return Renderer(model.info, budget, environment(model.info.device, config.dtype))
 
 
 def begin(job: Job, config: UpscaleConfig, emit: Emit, several: bool) -> tuple[Span, WorkDir]:
@@ -92,7 +92,7 @@ def run(job: Job, lazy: LazyModel, config: UpscaleConfig, emit: Emit, *, several
     jc = config.job
     span, work = begin(job, config, emit, several)
     with exclusive(work, shared=jc.shard is not None):
-        manifest = open_job(job, span, config, work, emit, lambda: describe(lazy.get()))
+        manifest = open_job(job, span, config, work, emit, lambda: describe(lazy.get(), config))
         units = manifest["units"]
         todo_units = todo(job, span, config, work, manifest, emit, lambda: local_env(config))
         rendered = 0
@@ -161,7 +161,7 @@ def render(job: Job, span: Span, lazy: LazyModel, config: UpscaleConfig, work: W
     plan = manifest["plan"]
     record = render_unit(unit, span.info, lazy.get(), span.config, work, pix_fmt=plan["pix_fmt"], size=span.size,
                          budget=plan["budget_bytes"], emit=emit, tracker=tracker)
-    record["env"] = environment(lazy.get().info.device)
+    record["env"] = environment(lazy.get().info.device, config.dtype)
     check_env(manifest, record["env"], config, work)
     save_record(work, record)
     if not config.job.shard:
@@ -190,7 +190,7 @@ def local_env(config: UpscaleConfig) -> dict:
     """This process's environment, for the device the job asks for (before the model loads)."""
     from vsrup.device import resolve_device
 
-    return environment(str(resolve_device(config.device)))
+    return environment(str(resolve_device(config.device)), config.dtype)
 
 
 def accept_env(manifest: dict, config: UpscaleConfig, work: WorkDir, job: Job, emit: Emit, env: dict) -> None:

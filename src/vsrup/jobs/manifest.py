@@ -128,13 +128,16 @@ def model_files(folder: Path | None, known: dict | None = None) -> dict:
     }
 
 
-def environment(device: str) -> dict:
-    """What may change a job's bits without changing its settings: the software and the device."""
+def environment(device: str, dtype: str = "auto") -> dict:
+    """What may change a job's bits without changing its settings: the software, the device and the dtype
+    ``--dtype`` resolves to on it."""
     import av
     import diffusers
     import numpy
     import torch
     import transformers
+
+    from vsrup.device import resolve_dtype
 
     env = {
         "python": platform.python_version(),
@@ -146,6 +149,7 @@ def environment(device: str) -> dict:
         "av": av.__version__,
         "ffmpeg": str(av.ffmpeg_version_info),
         "device": device_name(device),
+        "dtype": str(resolve_dtype(dtype, torch.device(device))).removeprefix("torch."),
     }
     if device.startswith("cuda"):
         env["cuda"] = torch.version.cuda

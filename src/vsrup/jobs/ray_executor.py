@@ -38,9 +38,10 @@ class UnitWorker:
         from vsrup.models.registry import choose
 
         self.lazy = LazyModel(choose(config.model), config, ignore)
+        self.config = config
 
     def describe(self) -> tuple[Renderer, int]:
-        return describe(self.lazy.get()), os.getpid()
+        return describe(self.lazy.get(), self.config), os.getpid()
 
     def render(self, unit: Unit, span: Span, work: str, plan: dict) -> dict:
         from vsrup.jobs.manifest import environment
@@ -49,7 +50,7 @@ class UnitWorker:
         folder = WorkDir(Path(work))
         record = render_unit(unit, span.info, model, span.config, folder, pix_fmt=plan["pix_fmt"], size=span.size,
                              budget=plan["budget_bytes"])
-        record["env"] = environment(model.info.device)
+        record["env"] = environment(model.info.device, span.config.dtype)
         save_record(folder, record)
         return record
 
