@@ -368,3 +368,98 @@ def test_vsrup_download_finds_both_checkpoints_in_the_cache(tiny_mgld_cache):
     repo, family = repo_for("mgld-vsr")
     folder = hub.download(repo, family.module.FILES)
     assert repo == REPO_ID and (folder / "mgldvsr_unet.ckpt").exists() and (folder / "video_vae_cfw.ckpt").exists()
+
+
+# --- the tiled decode ------------------------------------------------------------------------
+
+
+def tiny_clip(attention: bool, h: int = 6, w: int = 9):
+    """The tiny CFW VAE, random (its mid-block attention's output zeroed unless ``attention``), a 5-frame clip's
+    unscaled latents (5, 4, h, w) and its features. Ragged (6 x 9): cores of unequal sizes."""
+    from vsrup.models.mgld_vae import CFWAutoencoder, vae_config
+
+    video = randomise(CFWAutoencoder(**vae_config(32, (1, 2, 4, 4))), 3)
+    if not attention:
+        torch.nn.init.zeros_(video.decoder.mid_block.attentions[0].to_out[0].weight)
+        torch.nn.init.zeros_(video.decoder.mid_block.attentions[0].to_out[0].bias)
+    torch.manual_seed(0)
+    z = torch.randn(5, 4, h, w)
+    with torch.no_grad():
+        features = video.features(torch.rand(5, 3, 8 * h, 8 * w) * 2 - 1)  # (5, 32*2, 4h, 4w), (5, 32*4, 2h, 2w)
+    return video, z, features
+
+
+# Float32 sums in another order (cores, float64 moments) through ~40 layers, on outputs of magnitude ~3: measured
+# 9e-6 (a 10 x 13 latent, tiles 4 and 8); 5e-5 leaves room for other BLAS kernels. The negative control's error is ~2.6.
+DECODE_ATOL = 5e-5
+
+
+def test_the_tiled_decode_with_each_frames_statistics_is_the_untiled_decode_but_for_attention():
+    """Pass by pass on cores, all 5 frames in each, each frame's GroupNorm statistics, the CFW features cut to the
+    cores: decode_clip itself within rounding once the attention (in windows) is out; with it in, windows covering."""
+    from vsrup.memory import MemoryPlan
+    from vsrup.sampling.mgld_decode import decode, decode_exact
+
+    video, z, features = tiny_clip(attention=False)
+    with torch.no_grad():
+        whole = video.decode_clip(z, features, 1.0, 5)  # (5, 3, 48, 72)
+        torch.testing.assert_close(decode_exact(video, z, features, 1.0, 8, 2), whole, atol=DECODE_ATOL, rtol=0)
+        planned = decode(video, z, features, 1.0, MemoryPlan((6, 9), 64, 32, 5, 4, 1))  # the plan's path
+        torch.testing.assert_close(planned, whole, atol=DECODE_ATOL, rtol=0)
+        video, z, features = tiny_clip(attention=True)
+        whole = video.decode_clip(z, features, 1.0, 5)
+        torch.testing.assert_close(decode_exact(video, z, features, 1.0, 9, 2), whole, atol=DECODE_ATOL, rtol=0)  # one window, 3 cores
+
+
+def test_a_dense_block_halo_below_its_reach_is_not_the_untiled_decode(monkeypatch):
+    """Negative control: the CFW's residual dense blocks read 5 px around (five chained 3x3 convs); a 1-px halo is wrong."""
+    from vsrup.sampling import mgld_decode
+
+    video, z, features = tiny_clip(attention=False)
+    monkeypatch.setattr(mgld_decode, "DENSE_REACH", 1)
+    with torch.no_grad():
+        error = (mgld_decode.decode_exact(video, z, features, 1.0, 4, 2) - video.decode_clip(z, features, 1.0, 5)).abs().max()
+    assert error > 100 * DECODE_ATOL
+
+
+def test_without_room_for_the_clips_states_each_tile_is_decoded_alone_and_blended():
+    from vsrup.memory import MemoryPlan
+    from vsrup.sampling.mgld_decode import decode
+
+    video, z, features = tiny_clip(attention=True)
+    with torch.no_grad():
+        blended = decode(video, z, features, 1.0, MemoryPlan((6, 9), 64, 32, 5, 4, 1, vae_frame_stats=False))
+        corner = video.decode_clip(z[..., :4, :4], [e[..., : 4 * 4, : 4 * 4] if k == 0 else e[..., : 2 * 4, : 2 * 4]
+                                                    for k, e in enumerate(features)], 1.0, 5)  # the first tile alone
+    assert blended.shape == (5, 3, 48, 72)
+    torch.testing.assert_close(blended[..., :8, :8], corner[..., :8, :8], atol=1e-5, rtol=0)  # no other tile reaches here
+
+
+def test_an_out_of_memory_in_the_decode_retries_with_the_smaller_decode_plan(tiny_mgld_cache, monkeypatch):
+    """The OOM policy (memory.OomRetry) on a window: an OOM inside stage("vae") shrinks the decode's part of the plan
+    only, and the retry from the window's inputs gives the frames of a first run at the smaller plan."""
+    from dataclasses import replace
+
+    from vsrup.memory import MemoryPlan, OomRetry
+    from vsrup.models import mgld_vsr
+
+    choice = choose("mgld-vsr")
+    config = choice.settle(UpscaleConfig(model="mgld-vsr", device="cpu", sample=SampleConfig(steps=2, motion_guidance=0.0)))
+    model = choice.load(config)
+    window = Window(np.random.default_rng(4).random((5, 16, 16, 3)).astype(np.float32), tuple(range(5)))  # latent 16 x 16
+    plans, original = [], mgld_vsr.decode
+
+    def decode_once_short(video, z, features, weight, plan):
+        plans.append(plan)
+        if len(plans) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(video, z, features, weight, plan)
+
+    monkeypatch.setattr(mgld_vsr, "decode", decode_once_short)
+    plan = MemoryPlan((16, 16), 64, 32, 5, 8, 2)  # the decode tiled, each frame's statistics
+    retry = OomRetry(plan)
+    retried = retry.run(lambda p: model.sample(window, p, lambda f: None))
+    assert plans == [plan, replace(plan, vae_frame_stats=False)] and retry.plan == plans[1]  # the UNet's part kept
+    monkeypatch.setattr(mgld_vsr, "decode", original)
+    first = model.sample(window, retry.plan, lambda f: None)
+    assert torch.equal(retried, first)

@@ -35,7 +35,8 @@ from vsrup.models.mgld_convert import convert_unet, convert_vae
 from vsrup.models.mgld_unet import MGLDUNet, StructEncoder, unet_config
 from vsrup.models.mgld_vae import CFWAutoencoder, vae_config
 from vsrup.models.pickles import converted
-from vsrup.sampling.mgld import SCALE, TiledEps, ddpm, guidance_hook, latent_flow, sample_clip, upsample
+from vsrup.sampling.mgld import SCALE, TILE, TiledEps, ddpm, guidance_hook, latent_flow, sample_clip, upsample
+from vsrup.sampling.mgld_decode import decode
 from vsrup.sampling.noise import frame_noise, generators
 from vsrup.sampling.temporal import guided_steps, step_strength
 
@@ -168,7 +169,6 @@ class Model:
         frames, h, w, _ = window.frames.shape
         rgb = torch.from_numpy(np.ascontiguousarray(window.frames, dtype=np.float32)).permute(0, 3, 1, 2)  # (T, 3, h, w)
         low_res = (2.0 * rgb - 1.0).to(self.device)  # (T, 3, h, w)
-        batch = max(1, (plan.batch if plan is not None else 1) // frames)  # tiles per UNet call, T frames each
         with torch.no_grad():
             # 1. Upsample, encode: the input latent z_lr, the posterior's draw the first of each frame's generator.
             up, size = upsample(low_res)  # (T, 3, Hp, Wp), (H, W)
@@ -186,19 +186,30 @@ class Model:
                 hook = guidance_hook(flow, guided_steps(s), step_strength(s.motion_guidance, s.steps))
             # 3. Sample the clip.
             latents = sample_clip(
-                TiledEps(self.unet, self.struct, self.text, batch), ddpm(s.steps), z_lr, gens, hook,
+                TiledEps(self.unet, self.struct, self.text, unet_batch(plan, frames, *z_lr.shape[2:])), ddpm(s.steps), z_lr, gens, hook,
                 progress=lambda i: progress(0.9 * (i + 1) / s.steps),
             )  # (T, 4, hl, wl)
             # 4. Decode with the encoder's features of the upsampled input; crop the padding, back to x4.
             with stage("vae"):
                 per_frame = [self.video.features(frame[None].to(self.vae_dtype)) for frame in up]
                 features = [torch.cat(level) for level in zip(*per_frame)]  # (T, 256, Hp/2, Wp/2), (T, 512, Hp/4, Wp/4)
-                images = self.video.decode_clip(latents.to(self.vae_dtype) / LATENT_SCALE, features, DEC_W, frames)  # (T, 3, Hp, Wp)
+                images = decode(self.video, latents.to(self.vae_dtype) / LATENT_SCALE, features, DEC_W, plan)  # (T, 3, Hp, Wp)
             images = images[:, :, : size[0], : size[1]].float()  # (T, 3, H, W)
             if size != (SCALE * h, SCALE * w):
                 images = F.interpolate(images.clamp(-1.0, 1.0), size=(SCALE * h, SCALE * w), mode="bicubic")  # (T, 3, 4h, 4w)
             progress(1.0)
         return images.mul_(0.5).add_(0.5).permute(0, 2, 3, 1)  # (T, 4h, 4w, 3)
+
+
+def unet_batch(plan: MemoryPlan | None, frames: int, h: int, w: int) -> int:
+    """Clip tiles per UNet call on the (h, w) latent: the px of the plan's batch of frame tiles at its tile (what it
+    budgeted: the UNet's bytes are affine in batch x tile px, memory.Cost) spent on 64-latent tiles of ``frames``
+    frames, at least one. So an OOM's shrink (batch, then tile) lowers the batch; the tile stays the trained 64."""
+    if plan is None:
+        return 1
+    plan_h, plan_w = plan.frame
+    planned = plan.batch * (min(plan.tile, plan_h) * min(plan.tile, plan_w) if plan.tile else plan_h * plan_w)
+    return max(1, planned // (frames * min(TILE, h) * min(TILE, w)))
 
 
 def on(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:

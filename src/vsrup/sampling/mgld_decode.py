@@ -1,0 +1,160 @@
+"""MGLD-VSR's temporal CFW decode of a clip in bounded memory: latent tiles, all T frames of a tile together.
+
+What the decoder mixes (models/mgld_vae.py): its 3x3 convs mix neighbouring pixels of a frame, its temporal
+convs (3,1,1) mix the T frames at the same pixel, its GroupNorms normalise each frame with that frame's
+statistics (nn.GroupNorm over a batch of T frames), the CFW fuse concatenates the encoder's features of the
+same pixels (spatially aligned with the decoder's states: H/2 and H/4 of the upsampled input, latent x4 and x2),
+and the mid block's attention mixes every latent pixel of a frame. So a spatial tile holding all T frames
+of its pixels sees everything a pixel of it depends on, but for the statistics and the attention.
+
+Exact (``plan.vae_frame_stats``): ``vae_decode``'s passes (its module doc) with the clip's T frames in the
+batch of every core: each pass runs on disjoint cores cut with its convs' halo (the temporal conv's is 0, a
+residual dense block's 5: five chained 3x3 convs), every GroupNorm normalises each frame with its own
+statistics summed over the cores (Moments per frame, (T, C)), the CFW fuse's first GroupNorm over [e ; d]
+from the encoder features' and the decoder's per-frame moments, and the mid-block attention runs frame by
+frame in blended windows of the tile. So this is the untiled ``decode_clip`` but for the windowed attention,
+within float rounding; a window covering the frame makes it the untiled decode. The clip's decoder states
+live on the device (about 0.6 MB per latent px of the clip in fp32: docs/models/mgld-vsr.md).
+
+Blended (``plan.vae_frame_stats`` False, when the clip's states do not fit): ``decode_clip`` on overlapping
+tiles of the latent with the features cut at the same extent (``tiles.tiled``' extras), each tile normalised
+with its own statistics, blended with the cosine ramps; memory is one tile's decode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vsrup.memory import MemoryPlan
+from vsrup.models.mgld_vae import FEATURE_LEVELS
+from vsrup.sampling.tiles import tiled
+from vsrup.sampling.vae_decode import (
+    Moments, Strips, attention_pass, cores, moments, norm_affine, normalise, reach, resnet_passes, run_pass, vae_factor,
+)
+
+DENSE_REACH = 5  # px of context of one residual dense block: conv5 reads conv4's output, which reads conv3's, ... (five 3x3 convs)
+
+
+def decode(video, z: torch.Tensor, features: list[torch.Tensor], weight: float, plan: MemoryPlan | None) -> torch.Tensor:
+    """(T, 4, h, w) unscaled latents of one clip and its CFW ``features`` -> (T, 3, 8h, 8w), about [-1, 1].
+
+    Untiled (``video.decode_clip``) without a plan, with ``plan.vae_tile`` 0, or when one tile covers the latent;
+    else exact pass by pass or blended tiles (module doc).
+    """
+    frames, _, h, w = z.shape
+    tile = plan.vae_tile if plan is not None else 0
+    if tile == 0 or (h <= tile and w <= tile):
+        return video.decode_clip(z, features, weight, frames)
+    if plan.vae_frame_stats:
+        return decode_exact(video, z, features, weight, tile, plan.vae_overlap)
+    return decode_blended(video, z, features, weight, tile, plan.vae_overlap)
+
+
+def decode_blended(video, z: torch.Tensor, features: list[torch.Tensor], weight: float, tile: int, overlap: int) -> torch.Tensor:
+    """``decode_clip`` on overlapping latent tiles of the clip, features cut alike, each tile its own statistics, blended."""
+    frames, c, h, w = z.shape
+    f = vae_factor(video)
+    extras = tuple((e.reshape(1, -1, *e.shape[2:]), e.shape[2] // h) for e in features)  # (1, T C_e, k h, k w), k: 4, 2
+
+    def run(tiles: torch.Tensor, rows: torch.Tensor, *cut: torch.Tensor) -> torch.Tensor:  # (1, T 4, th, tw) -> (1, T 3, f th, f tw)
+        _, _, th, tw = tiles.shape
+        clip = [e.reshape(frames, -1, *e.shape[2:]) for e in cut]  # (T, C_e, k th, k tw) each
+        pixels = video.decode_clip(tiles.reshape(frames, c, th, tw), clip, weight, frames)  # (T, 3, f th, f tw)
+        return pixels.reshape(1, -1, *pixels.shape[2:])
+
+    out = tiled(run, z.reshape(1, frames * c, h, w), tile=tile, overlap=overlap, batch=1, scale=f, extras=extras)  # (1, T 3, f h, f w)
+    return out.reshape(frames, -1, f * h, f * w)
+
+
+def decode_exact(video, z: torch.Tensor, features: list[torch.Tensor], weight: float, tile: int, overlap: int) -> torch.Tensor:
+    """``decode_clip`` pass by pass on cores of a quarter ``tile`` of rows by ``tile`` columns, the clip's T frames
+    in every core, each frame's GroupNorm statistics (module doc): (T, 4, h, w) -> (T, 3, 8h, 8w)."""
+    d = video.decoder
+    frames = z.shape[0]
+    z = video.post_quant_conv(z)  # (T, 4, h, w) 1x1: pointwise
+    rows = [z[:, :, a:b] for a, b in cores(z.shape[2], max(1, tile // 4))]
+    (x,), m = run_pass(lambda t: (d.conv_in(t),), (rows,), tile, reach(d.conv_in), per_frame=True)  # (T, 512, ., w) strips
+    mid = d.mid_block
+    x, m = resnet_passes(mid.resnets[0], x, m, tile)
+    x, m = temporal_pass(d.mid_temporal, x, tile, frames)
+    x, m = framewise_attention(mid.attentions[0], x, m, tile, overlap)
+    x, m = resnet_passes(mid.resnets[1], x, m, tile)
+    for k, block in enumerate(d.up_blocks):
+        for resnet, mixing in zip(block.resnets, block.temporal_mixing):
+            x, m = resnet_passes(resnet, x, m, tile)
+            x, m = temporal_pass(mixing, x, tile, frames)
+        if hasattr(block, "fuse"):
+            e = features[FEATURE_LEVELS.index(len(d.up_blocks) - 1 - k)]  # (T, C, H_k, W_k): the decoder's resolution here
+            x, m = fuse_passes(block.fuse, e, x, m, weight, tile)
+        for upsampler in block.upsamplers or ():
+            (x,), m = run_pass(lambda t: (upsampler(t),), (x,), tile, reach(upsampler.conv), scale=2, consumed=1, per_frame=True)
+            tile *= 2  # cores keep covering the same latent px
+    out_norm = norm_affine(d.conv_norm_out, m)
+    (pixels,), _ = run_pass(lambda t: (d.conv_out(d.conv_act(normalise(t, out_norm))),), (x,), tile, reach(d.conv_out), consumed=1)
+    return torch.cat(pixels, dim=2)  # (T, 3, 8h, 8w)
+
+
+def temporal_pass(mixing, x: Strips, tile: int, frames: int) -> tuple[Strips, Moments]:
+    """a Conv3d_(3,1,1) + (1 - a) x over the T frames of each core: no spatial halo. Consumes x."""
+    (x,), m = run_pass(lambda t: (mixing(t, frames),), (x,), tile, 0, consumed=1, per_frame=True)
+    return x, m
+
+
+def framewise_attention(attn, x: Strips, m: Moments, tile: int, overlap: int) -> tuple[Strips, Moments]:
+    """The mid-block attention frame by frame with that frame's statistics, in blended windows (vae_decode.attention_pass)."""
+    outs, totals, squares = [], [], []
+    for i in range(x[0].shape[0]):
+        frame = [strip[i : i + 1] for strip in x]  # (1, C, rows, w) strips
+        strips, mi = attention_pass(attn, frame, Moments(m.total[i], m.squares[i], m.pixels), tile, overlap)
+        outs.append(strips)
+        totals.append(mi.total)
+        squares.append(mi.squares)
+    return [torch.cat(parts) for parts in zip(*outs)], Moments(torch.stack(totals), torch.stack(squares), m.pixels)
+
+
+def fuse_passes(fuse, e: torch.Tensor, d: Strips, m_d: Moments, weight: float, tile: int) -> tuple[Strips, Moments]:
+    """CFW: d + w * RB(RDB(RDB(RB([e ; d])))) pass by pass; ``e`` (T, C, H_k, W_k) cut as d's strips. Consumes d."""
+    rb1, rb3 = fuse.encode_enc_1, fuse.encode_enc_3
+    d = at_least(d, DENSE_REACH)  # a core's halo comes from its neighbouring strips alone; every pass here keeps these strips
+    e_strips = list(e.split([strip.shape[2] for strip in d], dim=2))  # views, as d's strips
+    m_e = moments(e, per_frame=True)
+    first = norm_affine(rb1.norm1, Moments(torch.cat([m_e.total, m_d.total], -1), torch.cat([m_e.squares, m_d.squares], -1), m_d.pixels))
+
+    def half1(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (T, C, th, tw) twice -> 2 x (T, C, th, tw)
+        t = torch.cat([a, b], dim=1)  # (T, 2C, th, tw)
+        return rb1.conv1(F.silu(normalise(t, first))), rb1.conv_out(t)
+
+    (hidden, skip), m = run_pass(half1, (e_strips, d), tile, reach(rb1.conv1), consumed=1, per_frame=True)  # d kept for the residual
+    y, m = res_second_half(rb1, hidden, skip, m, tile)
+    for dense in fuse.encode_enc_2:
+        (y,), m = run_pass(lambda t: (dense(t),), (y,), tile, DENSE_REACH, consumed=1, per_frame=True)
+    first = norm_affine(rb3.norm1, m)
+    (hidden,), m = run_pass(lambda t: (rb3.conv1(F.silu(normalise(t, first))),), (y,), tile, reach(rb3.conv1), per_frame=True)
+    second = norm_affine(rb3.norm2, m)
+
+    def out(t: torch.Tensor, skip: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor]:  # 3 x (T, C, th, tw) -> (T, C, th, tw)
+        return (d + weight * (skip + rb3.conv2(F.silu(normalise(t, second)))),)
+
+    (x,), m = run_pass(out, (hidden, y, d), tile, reach(rb3.conv2), consumed=3, per_frame=True)
+    return x, m
+
+
+def res_second_half(rb, hidden: Strips, skip: Strips, m: Moments, tile: int) -> tuple[Strips, Moments]:
+    """A FuseResBlock's second half: skip + conv2(SiLU(GN2(hidden))). Consumes both."""
+    norm = norm_affine(rb.norm2, m)
+    (y,), m = run_pass(lambda t, s: (s + rb.conv2(F.silu(normalise(t, norm))),), (hidden, skip), tile, reach(rb.conv2), consumed=2, per_frame=True)
+    return y, m
+
+
+def at_least(x: Strips, rows: int) -> Strips:
+    """The strips, neighbours joined until each holds at least ``rows`` rows (a pass's halo is read from the next strips only)."""
+    out: Strips = []
+    for strip in x:
+        if out and out[-1].shape[2] < rows:
+            out[-1] = torch.cat([out[-1], strip], dim=2)
+        else:
+            out.append(strip)
+    if len(out) > 1 and out[-1].shape[2] < rows:
+        out[-2:] = [torch.cat(out[-2:], dim=2)]
+    return out
