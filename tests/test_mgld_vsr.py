@@ -463,3 +463,18 @@ def test_an_out_of_memory_in_the_decode_retries_with_the_smaller_decode_plan(tin
     monkeypatch.setattr(mgld_vsr, "decode", original)
     first = model.sample(window, retry.plan, lambda f: None)
     assert torch.equal(retried, first)
+
+
+def test_the_plan_is_made_on_the_latent_and_its_unet_budget_is_spent_on_64_latent_clip_tiles():
+    from dataclasses import replace
+
+    from vsrup.memory import Cost, Planner, shrink
+    from vsrup.models.mgld_vsr import COST, unet_batch
+
+    plan = Planner(Cost(dtype_bytes=2, vae_dtype_bytes=2, **COST), torch.device("cpu"), None, 32, None, budget=24 * 2**30).plan(5, 480, 854)
+    assert plan.frame == (240, 428)  # 480 x 854 upsampled x4, padded to 32, / 8
+    assert not plan.vae_frame_stats  # 75 GB of clip states at fp32 (37 GB at fp16) do not fit in 24 GB
+    assert unet_batch(plan, 5, 240, 428) == plan.batch * plan.tile**2 // (5 * 64**2)
+    smaller = shrink(plan, "unet")
+    assert smaller.batch == plan.batch // 2 and unet_batch(smaller, 5, 240, 428) < unet_batch(plan, 5, 240, 428)
+    assert unet_batch(replace(plan, batch=1, tile=32), 5, 240, 428) == 1  # the floor: one clip tile a call

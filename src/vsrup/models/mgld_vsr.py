@@ -35,7 +35,7 @@ from vsrup.models.mgld_convert import convert_unet, convert_vae
 from vsrup.models.mgld_unet import MGLDUNet, StructEncoder, unet_config
 from vsrup.models.mgld_vae import CFWAutoencoder, vae_config
 from vsrup.models.pickles import converted
-from vsrup.sampling.mgld import SCALE, TILE, TiledEps, ddpm, guidance_hook, latent_flow, sample_clip, upsample
+from vsrup.sampling.mgld import SCALE, TILE, TiledEps, ddpm, guidance_hook, latent_flow, latent_size, sample_clip, upsample
 from vsrup.sampling.mgld_decode import decode
 from vsrup.sampling.noise import frame_noise, generators
 from vsrup.sampling.temporal import guided_steps, step_strength
@@ -58,6 +58,18 @@ VAE_CONFIG = vae_config(128, (1, 2, 4, 4))
 TEXT_CONFIG = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
                    max_position_embeddings=77, hidden_act="gelu", projection_dim=1024)
 
+
+# The memory plan's constants (memory.Cost, fp32 bytes), from peaks of the full-size networks, random weights, CPU, VmHWM
+# above the inputs (benchmarks/bench_mgld_memory.py; docs/benchmarks.md):
+#   UNet + struct encoder on one 5-frame tile of 32^2 / 48^2 / 64^2 latent px: 240 / 477 / 888 MiB; with the x4's 96 MiB
+#     intercept, 29.5 / 34.7 / 40.5 KB per frame-tile px (the plan counts frame tiles): 41 KB bounds all three
+#   decode_clip of a 5-frame tile of 16^2 / 24^2 / 32^2 latent px: 361 / 811 / 1161 MiB; with the x4's 64 MiB intercept,
+#     1.22 / 1.36 / 1.12 MB per latent px of the tile: 1.4 MB bounds all three
+#   the exact tiled decode of a 5-frame 32 x 64 latent at tile 16: 1182 MiB, 605 KB per latent px of the clip (its states),
+#     plus the CFW features it holds (5 x (256 x 16 + 512 x 4) x 4 B = 123 KB per latent px, built before the peak's reset)
+# The attention term is not measured (too small at these sizes to show): the x4's 8 B per px^2 for each of the 5 frames.
+# The plan counts the latent's px (latent_size: the upsampled, padded input / 8).
+COST = dict(unet_per_px=41_000, vae_per_px=1_400_000, vae_attention=5 * 8, vae_state_per_px=730_000, latent=latent_size)
 
 
 def build_random_networks(device: str | torch.device = "meta", dtype: torch.dtype = torch.float32) -> dict[str, torch.nn.Module]:
@@ -159,7 +171,7 @@ class Model:
             self.encoder = to_device(encoder.to(self.vae_dtype), self.device)
             self.video = on(build(CFWAutoencoder, configs["video"], video, "video VAE").to(self.vae_dtype), self.device)
         guided = bool(guided_steps(s))
-        cost = Cost(dtype_bytes=torch.finfo(self.dtype).bits // 8, vae_dtype_bytes=torch.finfo(self.vae_dtype).bits // 8)
+        cost = Cost(dtype_bytes=torch.finfo(self.dtype).bits // 8, vae_dtype_bytes=torch.finfo(self.vae_dtype).bits // 8, **COST)
         self.info = ModelInfo(name="mgld-vsr", scale=SCALE, kind="clip", flow=guided, generative=True, cost=cost,
                               device=str(self.device), window=FRAMES)
 
@@ -207,8 +219,7 @@ def unet_batch(plan: MemoryPlan | None, frames: int, h: int, w: int) -> int:
     frames, at least one. So an OOM's shrink (batch, then tile) lowers the batch; the tile stays the trained 64."""
     if plan is None:
         return 1
-    plan_h, plan_w = plan.frame
-    planned = plan.batch * (min(plan.tile, plan_h) * min(plan.tile, plan_w) if plan.tile else plan_h * plan_w)
+    planned = plan.batch * (min(plan.tile, h) * min(plan.tile, w) if plan.tile else h * w)
     return max(1, planned // (frames * min(TILE, h) * min(TILE, w)))
 
 
