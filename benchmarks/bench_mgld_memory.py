@@ -3,11 +3,14 @@
     for n in 32 48 64; do PYTHONPATH=src python benchmarks/bench_mgld_memory.py unet $n; done
     for n in 16 24 32; do PYTHONPATH=src python benchmarks/bench_mgld_memory.py decode $n; done
     PYTHONPATH=src python benchmarks/bench_mgld_memory.py states 32   # the exact tiled decode's clip states
+    for n in 32 64; do PYTHONPATH=src python benchmarks/bench_mgld_memory.py encode $n; done
 
 unet    the struct encoder and the UNet on one tile of n x n latent px of a 5-frame clip (one TiledEps call's work)
 decode  CFWAutoencoder.decode_clip on a 5-frame clip of n x n latent px with its CFW features (one decode tile)
 states  the pass-by-pass decode (sampling/mgld_decode.decode_exact) of a 5-frame n x (2n) latent at tile n / 2:
         its peak above the untiled-by-tile activations is the clip's states, reported per latent px of the clip
+encode  one upsampled frame of 8n x 8n px through the SD VAE's encoder (encode) and through the video VAE's features
+        (the model runs both frame by frame, whole: their mid-block attention is torch's SDPA, linear in memory)
 
 Each size runs in a fresh process (bench_tiles.py --calibrate's method): an 8 x 8 warm-up takes the one-time
 allocations, the peak is reset (echo 5 > /proc/self/clear_refs), and the peak resident set (VmHWM) above the
@@ -93,9 +96,23 @@ def states(n: int) -> dict:
     return {"tiled_peak_mib": peak, "latent_px": 2 * n * n, "tile": tile}
 
 
+def encode_calls(n: int) -> dict:
+    from diffusers import AutoencoderKL
+
+    from vsrup.models.mgld_vae import CFWAutoencoder
+    from vsrup.models.mgld_vsr import VAE_CONFIG
+
+    encoder, video = AutoencoderKL(**VAE_CONFIG).eval(), CFWAutoencoder(**VAE_CONFIG).eval()
+    encode = lambda x: encoder.encode(x).latent_dist.mean  # noqa: E731
+    with torch.no_grad():
+        encode(torch.randn(1, 3, 64, 64)), video.features(torch.randn(1, 3, 64, 64))
+    frame = torch.randn(1, 3, 8 * n, 8 * n)  # (1, 3, 8n, 8n)
+    return {"encode_peak_mib": peak_mib(encode, (frame,)), "features_peak_mib": peak_mib(video.features, (frame,))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("unet", "decode", "states"))
+    parser.add_argument("what", choices=("unet", "decode", "states", "encode"))
     parser.add_argument("size", type=int, help="latent px (the tile's side)")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -104,8 +121,10 @@ def main() -> None:
         result["peak_mib"] = unet_call(args.size)
     elif args.what == "decode":
         result["peak_mib"] = decode_call(args.size)
-    else:
+    elif args.what == "states":
         result.update(states(args.size))
+    else:
+        result.update(encode_calls(args.size))
     print(json.dumps(result))
 
 
