@@ -89,7 +89,7 @@ def states(n: int) -> dict:
 
     video = CFWAutoencoder(**VAE_CONFIG).eval()
     tile = n // 2
-    decode = torch.no_grad()(lambda z, features: decode_exact(video, z, features, 1.0, tile, tile // 4))
+    decode = torch.no_grad()(lambda z, features: decode_exact(video, z, features, 1.0, tile))
     decode(*clip_inputs(video, 8, 16))
     z, features = clip_inputs(video, n, 2 * n)
     peak = peak_mib(decode, (z, features))

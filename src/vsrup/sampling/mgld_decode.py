@@ -12,9 +12,10 @@ batch of every core: each pass runs on disjoint cores cut with its convs' halo (
 residual dense block's 5: five chained 3x3 convs), every GroupNorm normalises each frame with its own
 statistics summed over the cores (Moments per frame, (T, C)), the CFW fuse's first GroupNorm over [e ; d]
 from the encoder features' and the decoder's per-frame moments, and the mid-block attention runs frame by
-frame in blended windows of the tile. So this is the untiled ``decode_clip`` but for the windowed attention,
-within float rounding; a window covering the frame makes it the untiled decode. The clip's decoder states
-live on the device (about 0.6 MB per latent px of the clip in fp32: docs/models/mgld-vsr.md).
+frame over the whole frame (its state is latent-sized), a core's worth of queries at a time (each query's
+softmax spans every key, so the chunks change nothing). So this is the untiled ``decode_clip`` within float
+rounding, attention included (unlike the x4's tiled decode, whose attention runs in windows). The clip's
+decoder states live on the device (about 0.6 MB per latent px of the clip in fp32: docs/models/mgld-vsr.md).
 
 Blended (``plan.vae_frame_stats`` False, when the clip's states do not fit): ``decode_clip`` on overlapping
 tiles of the latent with the features cut at the same extent (``tiles.tiled``' extras), each tile normalised
@@ -30,7 +31,7 @@ from vsrup.memory import MemoryPlan
 from vsrup.models.mgld_vae import FEATURE_LEVELS
 from vsrup.sampling.tiles import tiled
 from vsrup.sampling.vae_decode import (
-    Moments, Strips, attention_pass, cores, moments, norm_affine, normalise, reach, resnet_passes, run_pass, vae_factor,
+    Moments, Strips, cores, moments, norm_affine, normalise, reach, resnet_passes, run_pass, vae_factor,
 )
 
 DENSE_REACH = 5  # px of context of one residual dense block: conv5 reads conv4's output, which reads conv3's, ... (five 3x3 convs)
@@ -47,7 +48,7 @@ def decode(video, z: torch.Tensor, features: list[torch.Tensor], weight: float, 
     if tile == 0 or (h <= tile and w <= tile):
         return video.decode_clip(z, features, weight, frames)
     if plan.vae_frame_stats:
-        return decode_exact(video, z, features, weight, tile, plan.vae_overlap)
+        return decode_exact(video, z, features, weight, tile)
     return decode_blended(video, z, features, weight, tile, plan.vae_overlap)
 
 
@@ -67,7 +68,7 @@ def decode_blended(video, z: torch.Tensor, features: list[torch.Tensor], weight:
     return out.reshape(frames, -1, f * h, f * w)
 
 
-def decode_exact(video, z: torch.Tensor, features: list[torch.Tensor], weight: float, tile: int, overlap: int) -> torch.Tensor:
+def decode_exact(video, z: torch.Tensor, features: list[torch.Tensor], weight: float, tile: int) -> torch.Tensor:
     """``decode_clip`` pass by pass on cores of a quarter ``tile`` of rows by ``tile`` columns, the clip's T frames
     in every core, each frame's GroupNorm statistics (module doc): (T, 4, h, w) -> (T, 3, 8h, 8w)."""
     d = video.decoder
@@ -78,7 +79,7 @@ def decode_exact(video, z: torch.Tensor, features: list[torch.Tensor], weight: f
     mid = d.mid_block
     x, m = resnet_passes(mid.resnets[0], x, m, tile)
     x, m = temporal_pass(d.mid_temporal, x, tile, frames)
-    x, m = framewise_attention(mid.attentions[0], x, m, tile, overlap)
+    x, m = whole_attention(mid.attentions[0], x, m, queries=max(1, tile // 4) * tile)  # a core's latent px of queries at a time
     x, m = resnet_passes(mid.resnets[1], x, m, tile)
     for k, block in enumerate(d.up_blocks):
         for resnet, mixing in zip(block.resnets, block.temporal_mixing):
@@ -101,16 +102,24 @@ def temporal_pass(mixing, x: Strips, tile: int, frames: int) -> tuple[Strips, Mo
     return x, m
 
 
-def framewise_attention(attn, x: Strips, m: Moments, tile: int, overlap: int) -> tuple[Strips, Moments]:
-    """The mid-block attention frame by frame with that frame's statistics, in blended windows (vae_decode.attention_pass)."""
-    outs, totals, squares = [], [], []
-    for i in range(x[0].shape[0]):
-        frame = [strip[i : i + 1] for strip in x]  # (1, C, rows, w) strips
-        strips, mi = attention_pass(attn, frame, Moments(m.total[i], m.squares[i], m.pixels), tile, overlap)
-        outs.append(strips)
-        totals.append(mi.total)
-        squares.append(mi.squares)
-    return [torch.cat(parts) for parts in zip(*outs)], Moments(torch.stack(totals), torch.stack(squares), m.pixels)
+# The mid-block attention (diffusers' Attention, as vae_decode.attention_pass writes it), frame by frame over the
+# whole frame: t = GN(x) with the frame's statistics, out = (x + softmax(Q K^T / sqrt(d)) V Wo) / rescale. Each
+# query's softmax runs over every key of its frame, so splitting the queries into chunks changes nothing: the
+# chunk bounds the scores (chunk x frame px) where the kernel materialises them. The latent-sized state is small.
+def whole_attention(attn, x: Strips, m: Moments, queries: int) -> tuple[Strips, Moments]:
+    norm = norm_affine(attn.group_norm, m)  # (T, C) twice
+    full = torch.cat(x, dim=2)  # (T, C, h, w): latent-sized
+    _, c, h, w = full.shape
+    heads = lambda y: y.unflatten(-1, (attn.heads, -1)).transpose(1, 2)  # noqa: E731  (1, P, C) -> (1, heads, P, d)
+    outs = []
+    for i, frame in enumerate(full.split(1)):
+        tokens = normalise(frame, (norm[0][i], norm[1][i])).flatten(2).transpose(1, 2)  # (1, P, C)
+        k, v = heads(attn.to_k(tokens)), heads(attn.to_v(tokens))  # (1, heads, P, d)
+        mixed = torch.cat([F.scaled_dot_product_attention(heads(attn.to_q(chunk)), k, v) for chunk in tokens.split(queries, dim=1)], dim=2)
+        out = attn.to_out[1](attn.to_out[0](mixed.transpose(1, 2).flatten(2))).transpose(1, 2).reshape(1, c, h, w)  # (1, C, h, w)
+        outs.append((out + frame) / attn.rescale_output_factor)
+    out = torch.cat(outs)  # (T, C, h, w)
+    return list(out.split([strip.shape[2] for strip in x], dim=2)), moments(out, per_frame=True)
 
 
 def fuse_passes(fuse, e: torch.Tensor, d: Strips, m_d: Moments, weight: float, tile: int) -> tuple[Strips, Moments]:
