@@ -6,7 +6,7 @@
     for n in 32 64; do PYTHONPATH=src python benchmarks/bench_mgld_memory.py encode $n; done
 
 unet    the struct encoder and the UNet on one tile of n x n latent px of a 5-frame clip (one TiledEps call's work)
-decode  CFWAutoencoder.decode_clip on a 5-frame clip of n x n latent px with its CFW features (one decode tile)
+decode  the CFW features and CFWAutoencoder.decode_clip of a 5-frame clip of n x n latent px (one blended decode tile)
 states  the pass-by-pass decode (sampling/mgld_decode.decode_exact) of a 5-frame n x (2n) latent at tile n / 2:
         its peak above the untiled-by-tile activations is the clip's states, reported per latent px of the clip
 encode  one upsampled frame of 8n x 8n px through the SD VAE's encoder (encode) and through the video VAE's features
@@ -77,9 +77,11 @@ def decode_call(n: int) -> float:
     from vsrup.models.mgld_vsr import VAE_CONFIG
 
     video = CFWAutoencoder(**VAE_CONFIG).eval()
-    decode = torch.no_grad()(lambda z, features: video.decode_clip(z, features, 1.0, FRAMES))
-    decode(*clip_inputs(video, 8, 8))
-    return peak_mib(decode, clip_inputs(video, n, n))
+    decode = lambda z, up: video.decode_clip(z, video.features(up), 1.0, FRAMES)  # noqa: E731  a blended tile's work
+    inputs = lambda k: (torch.randn(FRAMES, 4, k, k), torch.randn(FRAMES, 3, 8 * k, 8 * k))  # noqa: E731
+    with torch.no_grad():
+        decode(*inputs(8))
+    return peak_mib(decode, inputs(n))
 
 
 def states(n: int) -> dict:

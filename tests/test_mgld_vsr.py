@@ -374,16 +374,17 @@ def test_vsrup_download_finds_both_checkpoints_in_the_cache(tiny_mgld_cache):
 
 
 def tiny_clip(h: int = 6, w: int = 9):
-    """The tiny CFW VAE, random, a 5-frame clip's unscaled latents (5, 4, h, w) and its features. Ragged (6 x 9):
-    cores of unequal sizes."""
+    """The tiny CFW VAE, random, a 5-frame clip's unscaled latents (5, 4, h, w), its upsampled frames (5, 3, 8h, 8w)
+    and their features. Ragged (6 x 9): cores of unequal sizes."""
     from vsrup.models.mgld_vae import CFWAutoencoder, vae_config
+    from vsrup.sampling.mgld_decode import clip_features
 
     video = randomise(CFWAutoencoder(**vae_config(32, (1, 2, 4, 4))), 3)
     torch.manual_seed(0)
-    z = torch.randn(5, 4, h, w)
+    z, up = torch.randn(5, 4, h, w), torch.rand(5, 3, 8 * h, 8 * w) * 2 - 1
     with torch.no_grad():
-        features = video.features(torch.rand(5, 3, 8 * h, 8 * w) * 2 - 1)  # (5, 32*2, 4h, 4w), (5, 32*4, 2h, 2w)
-    return video, z, features
+        features = clip_features(video, up)  # (5, 32*2, 4h, 4w), (5, 32*4, 2h, 2w)
+    return video, z, up, features
 
 
 # Float32 sums in another order (cores, float64 moments, attention query chunks) through ~40 layers, on outputs of
@@ -398,11 +399,11 @@ def test_the_tiled_decode_with_each_frames_statistics_is_the_untiled_decode():
     from vsrup.memory import MemoryPlan
     from vsrup.sampling.mgld_decode import decode, decode_exact
 
-    video, z, features = tiny_clip()
+    video, z, up, features = tiny_clip()
     with torch.no_grad():
         whole = video.decode_clip(z, features, 1.0, 5)  # (5, 3, 48, 72)
         torch.testing.assert_close(decode_exact(video, z, features, 1.0, 8), whole, atol=DECODE_ATOL, rtol=0)  # 2 x 2 cores
-        planned = decode(video, z, features, 1.0, MemoryPlan((6, 9), 64, 32, 5, 4, 1))  # the plan's path: 6 x 3 cores
+        planned = decode(video, z, up, 1.0, MemoryPlan((6, 9), 64, 32, 5, 4, 1))  # the plan's path: 6 x 3 cores
         torch.testing.assert_close(planned, whole, atol=DECODE_ATOL, rtol=0)
 
 
@@ -410,22 +411,21 @@ def test_a_dense_block_halo_below_its_reach_is_not_the_untiled_decode(monkeypatc
     """Negative control: the CFW's residual dense blocks read 5 px around (five chained 3x3 convs); a 1-px halo is wrong."""
     from vsrup.sampling import mgld_decode
 
-    video, z, features = tiny_clip()
+    video, z, _, features = tiny_clip()
     monkeypatch.setattr(mgld_decode, "DENSE_REACH", 1)
     with torch.no_grad():
         error = (mgld_decode.decode_exact(video, z, features, 1.0, 4) - video.decode_clip(z, features, 1.0, 5)).abs().max()
     assert error > 100 * DECODE_ATOL
 
 
-def test_without_room_for_the_clips_states_each_tile_is_decoded_alone_and_blended():
+def test_without_room_for_the_clips_states_each_tile_is_decoded_alone_with_its_own_features_and_blended():
     from vsrup.memory import MemoryPlan
     from vsrup.sampling.mgld_decode import decode
 
-    video, z, features = tiny_clip()
+    video, z, up, _ = tiny_clip()
     with torch.no_grad():
-        blended = decode(video, z, features, 1.0, MemoryPlan((6, 9), 64, 32, 5, 4, 1, vae_frame_stats=False))
-        corner = video.decode_clip(z[..., :4, :4], [e[..., : 4 * 4, : 4 * 4] if k == 0 else e[..., : 2 * 4, : 2 * 4]
-                                                    for k, e in enumerate(features)], 1.0, 5)  # the first tile alone
+        blended = decode(video, z, up, 1.0, MemoryPlan((6, 9), 64, 32, 5, 4, 1, vae_frame_stats=False))
+        corner = video.decode_clip(z[..., :4, :4], video.features(up[..., :32, :32]), 1.0, 5)  # the first tile, its own features
     assert blended.shape == (5, 3, 48, 72)
     torch.testing.assert_close(blended[..., :8, :8], corner[..., :8, :8], atol=1e-5, rtol=0)  # no other tile reaches here
 
@@ -444,11 +444,11 @@ def test_an_out_of_memory_in_the_decode_retries_with_the_smaller_decode_plan(tin
     window = Window(np.random.default_rng(4).random((5, 16, 16, 3)).astype(np.float32), tuple(range(5)))  # latent 16 x 16
     plans, original = [], mgld_vsr.decode
 
-    def decode_once_short(video, z, features, weight, plan):
+    def decode_once_short(video, z, up, weight, plan):
         plans.append(plan)
         if len(plans) == 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original(video, z, features, weight, plan)
+        return original(video, z, up, weight, plan)
 
     monkeypatch.setattr(mgld_vsr, "decode", decode_once_short)
     plan = MemoryPlan((16, 16), 64, 32, 5, 8, 2)  # the decode tiled, each frame's statistics

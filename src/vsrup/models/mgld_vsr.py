@@ -63,13 +63,14 @@ TEXT_CONFIG = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, n
 # above the inputs (benchmarks/bench_mgld_memory.py; docs/benchmarks.md):
 #   UNet + struct encoder on one 5-frame tile of 32^2 / 48^2 / 64^2 latent px: 240 / 477 / 888 MiB; with the x4's 96 MiB
 #     intercept, 29.5 / 34.7 / 40.5 KB per frame-tile px (the plan counts frame tiles): 41 KB bounds all three
-#   decode_clip of a 5-frame tile of 16^2 / 24^2 / 32^2 latent px: 361 / 811 / 1161 MiB; with the x4's 64 MiB intercept,
-#     1.22 / 1.36 / 1.12 MB per latent px of the tile: 1.4 MB bounds all three
-#   the exact tiled decode of a 5-frame 32 x 64 latent at tile 16: 1182 MiB, 605 KB per latent px of the clip (its states),
-#     plus the CFW features it holds (5 x (256 x 16 + 512 x 4) x 4 B = 123 KB per latent px, built before the peak's reset)
+#   a blended decode tile (its crop's CFW features, then decode_clip) of 5 frames of 16^2 / 24^2 / 32^2 latent px:
+#     517 / 795 / 1242 MiB; 256 MiB + 1.1 MB per latent px of the tile bounds all three (the slope from 24^2 to 32^2: 1.05 MB)
+#   the exact tiled decode of a 5-frame 32 x 64 latent at tile 16: 1040 MiB, 532 KB per latent px of the clip (its states),
+#     plus the CFW features it holds (5 x (256 x 16 + 512 x 4) x 4 B = 123 KB per latent px, built before the peak's reset):
+#     655 KB, 730 KB with a margin
 # The attention term is not measured (too small at these sizes to show): the x4's 8 B per px^2 for each of the 5 frames.
 # The plan counts the latent's px (latent_size: the upsampled, padded input / 8).
-COST = dict(unet_per_px=41_000, vae_per_px=1_400_000, vae_attention=5 * 8, vae_state_per_px=730_000, latent=latent_size)
+COST = dict(unet_per_px=41_000, vae_fixed=256 * 2**20, vae_per_px=1_100_000, vae_attention=5 * 8, vae_state_per_px=730_000, latent=latent_size)
 
 
 def build_random_networks(device: str | torch.device = "meta", dtype: torch.dtype = torch.float32) -> dict[str, torch.nn.Module]:
@@ -201,11 +202,9 @@ class Model:
                 TiledEps(self.unet, self.struct, self.text, unet_batch(plan, frames, *z_lr.shape[2:])), ddpm(s.steps), z_lr, gens, hook,
                 progress=lambda i: progress(0.9 * (i + 1) / s.steps),
             )  # (T, 4, hl, wl)
-            # 4. Decode with the encoder's features of the upsampled input; crop the padding, back to x4.
+            # 4. Decode with the encoder's features of the upsampled input (sampling/mgld_decode.py); crop the padding, back to x4.
             with stage("vae"):
-                per_frame = [self.video.features(frame[None].to(self.vae_dtype)) for frame in up]
-                features = [torch.cat(level) for level in zip(*per_frame)]  # (T, 256, Hp/2, Wp/2), (T, 512, Hp/4, Wp/4)
-                images = decode(self.video, latents.to(self.vae_dtype) / LATENT_SCALE, features, DEC_W, plan)  # (T, 3, Hp, Wp)
+                images = decode(self.video, latents.to(self.vae_dtype) / LATENT_SCALE, up.to(self.vae_dtype), DEC_W, plan)  # (T, 3, Hp, Wp)
             images = images[:, :, : size[0], : size[1]].float()  # (T, 3, H, W)
             if size != (SCALE * h, SCALE * w):
                 images = F.interpolate(images.clamp(-1.0, 1.0), size=(SCALE * h, SCALE * w), mode="bicubic")  # (T, 3, 4h, 4w)

@@ -18,8 +18,9 @@ rounding, attention included (unlike the x4's tiled decode, whose attention runs
 decoder states live on the device (about 0.6 MB per latent px of the clip in fp32: docs/models/mgld-vsr.md).
 
 Blended (``plan.vae_frame_stats`` False, when the clip's states do not fit): ``decode_clip`` on overlapping
-tiles of the latent with the features cut at the same extent (``tiles.tiled``' extras), each tile normalised
-with its own statistics, blended with the cosine ramps; memory is one tile's decode.
+tiles of the latent, each with the CFW features of its own crop of the upsampled frames (``tiles.tiled``'
+extras), each tile normalised with its own statistics (the features' encoder too), blended with the cosine
+ramps; memory is one tile's features and decode.
 """
 
 from __future__ import annotations
@@ -37,33 +38,44 @@ from vsrup.sampling.vae_decode import (
 DENSE_REACH = 5  # px of context of one residual dense block: conv5 reads conv4's output, which reads conv3's, ... (five 3x3 convs)
 
 
-def decode(video, z: torch.Tensor, features: list[torch.Tensor], weight: float, plan: MemoryPlan | None) -> torch.Tensor:
-    """(T, 4, h, w) unscaled latents of one clip and its CFW ``features`` -> (T, 3, 8h, 8w), about [-1, 1].
+def decode(video, z: torch.Tensor, up: torch.Tensor, weight: float, plan: MemoryPlan | None) -> torch.Tensor:
+    """(T, 4, h, w) unscaled latents of one clip and its upsampled input frames (T, 3, 8h, 8w) in [-1, 1], whose CFW
+    features the decoder fuses -> (T, 3, 8h, 8w), about [-1, 1].
 
     Untiled (``video.decode_clip``) without a plan, with ``plan.vae_tile`` 0, or when one tile covers the latent;
-    else exact pass by pass or blended tiles (module doc).
+    else exact pass by pass on the clip's features, or blended tiles, each with its own features (module doc).
     """
     frames, _, h, w = z.shape
     tile = plan.vae_tile if plan is not None else 0
-    if tile == 0 or (h <= tile and w <= tile):
+    whole = tile == 0 or (h <= tile and w <= tile)
+    if not (whole or plan.vae_frame_stats):
+        return decode_blended(video, z, up, weight, tile, plan.vae_overlap)
+    features = clip_features(video, up)
+    if whole:
         return video.decode_clip(z, features, weight, frames)
-    if plan.vae_frame_stats:
-        return decode_exact(video, z, features, weight, tile)
-    return decode_blended(video, z, features, weight, tile, plan.vae_overlap)
+    return decode_exact(video, z, features, weight, tile)
 
 
-def decode_blended(video, z: torch.Tensor, features: list[torch.Tensor], weight: float, tile: int, overlap: int) -> torch.Tensor:
-    """``decode_clip`` on overlapping latent tiles of the clip, features cut alike, each tile its own statistics, blended."""
+def clip_features(video, up: torch.Tensor) -> list[torch.Tensor]:
+    """The CFW features of (T, 3, H, W) frames, frame by frame (nothing in the encoder mixes frames): a fifth of the
+    clip's peak -> [(T, 256, H/2, W/2), (T, 512, H/4, W/4)]."""
+    per_frame = [video.features(frame[None]) for frame in up]
+    return [torch.cat(level) for level in zip(*per_frame)]
+
+
+def decode_blended(video, z: torch.Tensor, up: torch.Tensor, weight: float, tile: int, overlap: int) -> torch.Tensor:
+    """``decode_clip`` on overlapping latent tiles of the clip, each with the features of its own crop of the upsampled
+    frames (so nothing clip-sized but the input and the output is held), each tile its own statistics, blended."""
     frames, c, h, w = z.shape
     f = vae_factor(video)
-    extras = tuple((e.reshape(1, -1, *e.shape[2:]), e.shape[2] // h) for e in features)  # (1, T C_e, k h, k w), k: 4, 2
 
-    def run(tiles: torch.Tensor, rows: torch.Tensor, *cut: torch.Tensor) -> torch.Tensor:  # (1, T 4, th, tw) -> (1, T 3, f th, f tw)
+    def run(tiles: torch.Tensor, rows: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:  # (1, T 4, th, tw) -> (1, T 3, f th, f tw)
         _, _, th, tw = tiles.shape
-        clip = [e.reshape(frames, -1, *e.shape[2:]) for e in cut]  # (T, C_e, k th, k tw) each
-        pixels = video.decode_clip(tiles.reshape(frames, c, th, tw), clip, weight, frames)  # (T, 3, f th, f tw)
+        features = video.features(crop.reshape(frames, 3, f * th, f * tw))  # (T, 256, 4 th, 4 tw), (T, 512, 2 th, 2 tw)
+        pixels = video.decode_clip(tiles.reshape(frames, c, th, tw), features, weight, frames)  # (T, 3, f th, f tw)
         return pixels.reshape(1, -1, *pixels.shape[2:])
 
+    extras = ((up.reshape(1, frames * 3, f * h, f * w), f),)  # (1, T 3, f h, f w): cut at each tile's extent
     out = tiled(run, z.reshape(1, frames * c, h, w), tile=tile, overlap=overlap, batch=1, scale=f, extras=extras)  # (1, T 3, f h, f w)
     return out.reshape(frames, -1, f * h, f * w)
 
