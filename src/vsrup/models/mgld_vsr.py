@@ -36,7 +36,7 @@ from vsrup.models.mgld_unet import MGLDUNet, StructEncoder, unet_config
 from vsrup.models.mgld_vae import CFWAutoencoder, vae_config
 from vsrup.models.pickles import converted
 from vsrup.sampling.mgld import SCALE, TILE, TiledEps, ddpm, guidance_hook, latent_flow, latent_size, sample_clip, upsample
-from vsrup.sampling.mgld_decode import decode
+from vsrup.sampling.mgld_decode import decode, posterior, vae_tile
 from vsrup.sampling.noise import frame_noise, generators
 from vsrup.sampling.temporal import guided_steps, step_strength
 
@@ -186,10 +186,10 @@ class Model:
             # 1. Upsample, encode: the input latent z_lr, the posterior's draw the first of each frame's generator.
             up, size = upsample(low_res)  # (T, 3, Hp, Wp), (H, W)
             gens = generators(s.seed, window.indices)
-            with stage("vae"):  # frame by frame: nothing in the encoder mixes frames
-                posteriors = [self.encoder.encode(frame[None].to(self.vae_dtype)).latent_dist for frame in up]
-            mean = torch.cat([p.mean for p in posteriors]).float()  # (T, 4, hl, wl)
-            std = torch.cat([p.std for p in posteriors]).float()  # (T, 4, hl, wl)
+            up = up.to(self.vae_dtype)
+            with stage("vae"):  # frame by frame, pass by pass where the plan tiles the VAE
+                dist = posterior(self.encoder, up, vae_tile(plan, up))
+            mean, std = dist.mean.float(), dist.std.float()  # (T, 4, hl, wl) each
             draw = frame_noise(gens, mean.shape[1], *mean.shape[2:], torch.float32).to(self.device)  # (T, 4, hl, wl)
             z_lr = (LATENT_SCALE * (mean + std * draw)).to(self.dtype)  # (T, 4, hl, wl)
             # 2. Motion guidance on the latent grid.
@@ -204,7 +204,7 @@ class Model:
             )  # (T, 4, hl, wl)
             # 4. Decode with the encoder's features of the upsampled input (sampling/mgld_decode.py); crop the padding, back to x4.
             with stage("vae"):
-                images = decode(self.video, latents.to(self.vae_dtype) / LATENT_SCALE, up.to(self.vae_dtype), DEC_W, plan)  # (T, 3, Hp, Wp)
+                images = decode(self.video, latents.to(self.vae_dtype) / LATENT_SCALE, up, DEC_W, plan)  # (T, 3, Hp, Wp)
             images = images[:, :, : size[0], : size[1]].float()  # (T, 3, H, W)
             if size != (SCALE * h, SCALE * w):
                 images = F.interpolate(images.clamp(-1.0, 1.0), size=(SCALE * h, SCALE * w), mode="bicubic")  # (T, 3, 4h, 4w)

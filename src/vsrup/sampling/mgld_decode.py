@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from vsrup.memory import MemoryPlan
 from vsrup.models.mgld_vae import FEATURE_LEVELS
@@ -45,21 +46,33 @@ def decode(video, z: torch.Tensor, up: torch.Tensor, weight: float, plan: Memory
     Untiled (``video.decode_clip``) without a plan, with ``plan.vae_tile`` 0, or when one tile covers the latent;
     else exact pass by pass on the clip's features, or blended tiles, each with its own features (module doc).
     """
-    frames, _, h, w = z.shape
-    tile = plan.vae_tile if plan is not None else 0
-    whole = tile == 0 or (h <= tile and w <= tile)
-    if not (whole or plan.vae_frame_stats):
+    frames = z.shape[0]
+    tile = vae_tile(plan, up)
+    if tile and not plan.vae_frame_stats:
         return decode_blended(video, z, up, weight, tile, plan.vae_overlap)
-    features = clip_features(video, up)
-    if whole:
+    features = clip_features(video, up, tile)
+    if not tile:
         return video.decode_clip(z, features, weight, frames)
     return decode_exact(video, z, features, weight, tile)
 
 
-def clip_features(video, up: torch.Tensor) -> list[torch.Tensor]:
-    """The CFW features of (T, 3, H, W) frames, frame by frame (nothing in the encoder mixes frames): a fifth of the
-    clip's peak -> [(T, 256, H/2, W/2), (T, 512, H/4, W/4)]."""
-    per_frame = [video.features(frame[None]) for frame in up]
+def vae_tile(plan: MemoryPlan | None, up: torch.Tensor) -> int:
+    """The plan's VAE tile for the upsampled frames (T, 3, 8h, 8w); 0 when there is none or it covers the latent."""
+    tile = plan.vae_tile if plan is not None else 0
+    return 0 if up.shape[2] <= 8 * tile and up.shape[3] <= 8 * tile else tile
+
+
+def posterior(vae, up: torch.Tensor, tile: int) -> DiagonalGaussianDistribution:
+    """The SD VAE's posterior of (T, 3, H, W) upsampled frames, frame by frame (nothing in the encoder mixes frames):
+    ``vae.encode`` itself at tile 0, else pass by pass (``encode_frame``), the same within rounding."""
+    params = [vae.encode(frame[None]).latent_dist.parameters if tile == 0 else encode_frame(vae, frame[None], tile) for frame in up]
+    return DiagonalGaussianDistribution(torch.cat(params))  # parameters (T, 8, H/8, W/8)
+
+
+def clip_features(video, up: torch.Tensor, tile: int) -> list[torch.Tensor]:
+    """The CFW features of (T, 3, H, W) frames, frame by frame, whole at tile 0 or pass by pass (``frame_features``)
+    -> [(T, 256, H/2, W/2), (T, 512, H/4, W/4)]."""
+    per_frame = [video.features(frame[None]) if tile == 0 else frame_features(video, frame[None], tile) for frame in up]
     return [torch.cat(level) for level in zip(*per_frame)]
 
 
@@ -179,3 +192,62 @@ def at_least(x: Strips, rows: int) -> Strips:
     if len(out) > 1 and out[-1].shape[2] < rows:
         out[-2:] = [torch.cat(out[-2:], dim=2)]
     return out
+
+
+# The encoders of the upsampled frames (the SD VAE's, for the input latent, and the video VAE's, for the CFW
+# features), frame by frame, pass by pass on cores as the decode: each GroupNorm with the frame's statistics, so
+# exactly the whole-frame encoder within rounding. Their full-resolution levels run in passes; from the latent's
+# level on (the last down block, the mid block and its attention, the output convs) the states are latent-sized
+# and run whole. Strips start on multiples of 8 rows, so each stride-2 downsampling halves every strip exactly.
+def encoder_levels(encoder, frame: torch.Tensor, tile: int, levels: int, keep: tuple[int, ...] = ()) -> tuple[Strips, list[torch.Tensor]]:
+    """(1, 3, H, W) through conv_in and the first ``levels`` down blocks, each with its downsampler -> the state
+    after them (strips) and the outputs of the levels in ``keep``, before their downsamplers."""
+    rows = [frame[:, :, 8 * a : 8 * b] for a, b in cores(frame.shape[2] // 8, max(1, tile // 4))]
+    tile_px = 8 * tile  # columns of a core at full resolution: tile latent px
+    (x,), m = run_pass(lambda t: (encoder.conv_in(t),), (rows,), tile_px, reach(encoder.conv_in))
+    outputs = []
+    for level, block in enumerate(encoder.down_blocks[:levels]):
+        for resnet in block.resnets:
+            x, m = resnet_passes(resnet, x, m, tile_px)
+        if level in keep:
+            outputs.append(torch.cat(x, dim=2))
+        if level + 1 < levels or not keep:  # the features stop before the last level's downsampler
+            x, m = downsample_pass(block.downsamplers[0], x, tile_px // 2)
+            tile_px //= 2
+    return x, outputs
+
+
+def downsample_pass(down, x: Strips, tile: int) -> tuple[Strips, Moments]:
+    """Downsample2D (zeros right and below, then a 3x3 conv of stride 2): output row i reads input rows 2i .. 2i+2,
+    so a strip of even rows needs the next strip's first row. ``tile``: output columns per core. Consumes x."""
+    out = []
+    total = squares = 0
+    for r in range(len(x)):
+        below = x[r + 1][:, :, :1] if r + 1 < len(x) else None
+        t = F.pad(x[r] if below is None else torch.cat([x[r], below], dim=2), (0, 1, 0, 1 if below is None else 0))  # (1, C, rows + 1, W + 1)
+        _, c, rows, width = x[r].shape
+        strip = x[r].new_empty((1, c, rows // 2, width // 2))  # (1, C, rows / 2, W / 2)
+        for x0, x1 in cores(width // 2, tile):
+            strip[:, :, :, x0:x1] = down.conv(t[:, :, :, 2 * x0 : 2 * x1 + 1])
+        part = moments(strip)
+        total, squares = total + part.total, squares + part.squares
+        out.append(strip)
+        x[r] = None
+    x.clear()
+    return out, Moments(total, squares, sum(strip.shape[2] * strip.shape[3] for strip in out))
+
+
+def encode_frame(vae, frame: torch.Tensor, tile: int) -> torch.Tensor:
+    """The SD VAE's posterior parameters (encoder, quant_conv) of one (1, 3, H, W) frame in [-1, 1] -> (1, 8, H/8, W/8)."""
+    e = vae.encoder
+    x, _ = encoder_levels(e, frame, tile, len(e.down_blocks) - 1)  # the last down block is at the latent's size
+    h = torch.cat(x, dim=2)  # (1, C, H/8, W/8)
+    for resnet in e.down_blocks[-1].resnets:
+        h = resnet(h, None)
+    h = e.conv_out(e.conv_act(e.conv_norm_out(e.mid_block(h))))  # (1, 8, H/8, W/8)
+    return vae.quant_conv(h) if vae.quant_conv is not None else h
+
+
+def frame_features(video, frame: torch.Tensor, tile: int) -> list[torch.Tensor]:
+    """``CFWAutoencoder.features`` of one (1, 3, H, W) frame, pass by pass: [(1, 256, H/2, W/2), (1, 512, H/4, W/4)]."""
+    return encoder_levels(video.encoder, frame, tile, max(FEATURE_LEVELS) + 1, keep=FEATURE_LEVELS)[1]
