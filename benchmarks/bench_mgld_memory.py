@@ -3,14 +3,15 @@
     for n in 32 48 64; do PYTHONPATH=src python benchmarks/bench_mgld_memory.py unet $n; done
     for n in 16 24 32; do PYTHONPATH=src python benchmarks/bench_mgld_memory.py decode $n; done
     PYTHONPATH=src python benchmarks/bench_mgld_memory.py states 32   # the exact tiled decode's clip states
-    for n in 32 64; do PYTHONPATH=src python benchmarks/bench_mgld_memory.py encode $n; done
+    for w in encode features encode-tiled features-tiled; do PYTHONPATH=src python benchmarks/bench_mgld_memory.py $w 64; done
 
 unet    the struct encoder and the UNet on one tile of n x n latent px of a 5-frame clip (one TiledEps call's work)
 decode  the CFW features and CFWAutoencoder.decode_clip of a 5-frame clip of n x n latent px (one blended decode tile)
 states  the pass-by-pass decode (sampling/mgld_decode.decode_exact) of a 5-frame n x (2n) latent at tile n / 2:
         its peak above the untiled-by-tile activations is the clip's states, reported per latent px of the clip
-encode  one upsampled frame of 8n x 8n px through the SD VAE's encoder (encode) and through the video VAE's features
-        (the model runs both frame by frame, whole: their mid-block attention is torch's SDPA, linear in memory)
+encode, features, encode-tiled, features-tiled
+        one upsampled frame of 8n x 8n px through the SD VAE's encoder (its posterior) or the video VAE's features,
+        whole or pass by pass at tile n / 4 (mgld_decode.encode_frame, frame_features)
 
 Each size runs in a fresh process (bench_tiles.py --calibrate's method): an 8 x 8 warm-up takes the one-time
 allocations, the peak is reset (echo 5 > /proc/self/clear_refs), and the peak resident set (VmHWM) above the
@@ -98,23 +99,28 @@ def states(n: int) -> dict:
     return {"tiled_peak_mib": peak, "latent_px": 2 * n * n, "tile": tile}
 
 
-def encode_calls(n: int) -> dict:
+def encoder_call(what: str, n: int) -> float:
+    """One of the four encoder calls on one upsampled frame of 8n x 8n px (tiled: pass by pass at tile n / 4)."""
     from diffusers import AutoencoderKL
 
     from vsrup.models.mgld_vae import CFWAutoencoder
     from vsrup.models.mgld_vsr import VAE_CONFIG
+    from vsrup.sampling.mgld_decode import encode_frame, frame_features
 
     encoder, video = AutoencoderKL(**VAE_CONFIG).eval(), CFWAutoencoder(**VAE_CONFIG).eval()
-    encode = lambda x: encoder.encode(x).latent_dist.mean  # noqa: E731
+    tile = n // 4
+    call = {
+        "encode": lambda x: encoder.encode(x).latent_dist.mean, "features": video.features,
+        "encode-tiled": lambda x: encode_frame(encoder, x, tile), "features-tiled": lambda x: frame_features(video, x, tile),
+    }[what]
     with torch.no_grad():
-        encode(torch.randn(1, 3, 64, 64)), video.features(torch.randn(1, 3, 64, 64))
-    frame = torch.randn(1, 3, 8 * n, 8 * n)  # (1, 3, 8n, 8n)
-    return {"encode_peak_mib": peak_mib(encode, (frame,)), "features_peak_mib": peak_mib(video.features, (frame,))}
+        call(torch.randn(1, 3, 64, 64))
+    return peak_mib(call, (torch.randn(1, 3, 8 * n, 8 * n),))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("unet", "decode", "states", "encode"))
+    parser.add_argument("what", choices=("unet", "decode", "states", "encode", "features", "encode-tiled", "features-tiled"))
     parser.add_argument("size", type=int, help="latent px (the tile's side)")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -126,7 +132,7 @@ def main() -> None:
     elif args.what == "states":
         result.update(states(args.size))
     else:
-        result.update(encode_calls(args.size))
+        result["peak_mib"] = encoder_call(args.what, args.size)
     print(json.dumps(result))
 
 
