@@ -15,6 +15,8 @@
 #   host.json              bench_host at SIZE with the accelerator time measured in pipeline.json
 #   host_stream.json       bench_host --kind sequential at SIZE with the GPU time per frame measured in stream.json
 #   stablevsr.json         bench_pipeline --model stablevsr at SIZE, default tiles (its own defaults but STEPS)
+#   mgld.json              bench_pipeline --model mgld-vsr --flops-only at SIZE: counted FLOPs (no timed run is instrumented)
+#   uav.json               bench_pipeline --model upscale-a-video --flops-only at SIZE: the same
 # Each run's stderr goes to NAME.err beside it. Needs the project's dependencies importable (on the
 # workplace's lent GPU machines diffusers and av are missing: carry them as wheels first).
 set -uo pipefail
@@ -64,4 +66,6 @@ s = r['stages']
 print(round((s['unet'] + s['controlnet'] + s['vae'] + s['color_fix']) / r['frames'], 3))" "$out/stream.json" 2>/dev/null || echo 0.36)
 run host_stream python3 "$here/bench_host.py" --size "$size" --frames 48 --accelerator-s "$stream_s" --kind sequential --json
 run stablevsr python3 "$here/bench_pipeline.py" --model stablevsr --device "$device" --size "$size" --frames "$frames" --steps "$steps" --json
+run mgld python3 "$here/bench_pipeline.py" --model mgld-vsr --flops-only --size "$size" --json
+run uav python3 "$here/bench_pipeline.py" --model upscale-a-video --flops-only --size "$size" --json
 ls -l "$out" >&2

@@ -368,3 +368,127 @@ def test_vsrup_download_finds_both_checkpoints_in_the_cache(tiny_mgld_cache):
     repo, family = repo_for("mgld-vsr")
     folder = hub.download(repo, family.module.FILES)
     assert repo == REPO_ID and (folder / "mgldvsr_unet.ckpt").exists() and (folder / "video_vae_cfw.ckpt").exists()
+
+
+# --- the tiled decode ------------------------------------------------------------------------
+
+
+def tiny_clip(h: int = 6, w: int = 9):
+    """The tiny CFW VAE, random, a 5-frame clip's unscaled latents (5, 4, h, w), its upsampled frames (5, 3, 8h, 8w)
+    and their features. Ragged (6 x 9): cores of unequal sizes."""
+    from vsrup.models.mgld_vae import CFWAutoencoder, vae_config
+    from vsrup.sampling.mgld_decode import clip_features
+
+    video = randomise(CFWAutoencoder(**vae_config(32, (1, 2, 4, 4))), 3)
+    torch.manual_seed(0)
+    z, up = torch.randn(5, 4, h, w), torch.rand(5, 3, 8 * h, 8 * w) * 2 - 1
+    with torch.no_grad():
+        features = clip_features(video, up, 0)  # (5, 32*2, 4h, 4w), (5, 32*4, 2h, 2w): whole frames
+    return video, z, up, features
+
+
+# Float32 sums in another order (cores, float64 moments, attention query chunks) through ~40 layers, on outputs of
+# magnitude ~3: measured 7.6e-6 (6 x 9 and 10 x 13 latents, tiles 4 and 8); 5e-5 leaves room for other BLAS kernels.
+# The negative control's error is ~2.6.
+DECODE_ATOL = 5e-5
+
+
+def test_the_tiled_decode_with_each_frames_statistics_is_the_untiled_decode():
+    """Pass by pass on cores, all 5 frames in each, each frame's GroupNorm statistics, the CFW features cut to the
+    cores, the mid-block attention over the whole frame with its queries in chunks: decode_clip within rounding."""
+    from vsrup.memory import MemoryPlan
+    from vsrup.sampling.mgld_decode import decode, decode_exact
+
+    video, z, up, features = tiny_clip()
+    with torch.no_grad():
+        whole = video.decode_clip(z, features, 1.0, 5)  # (5, 3, 48, 72)
+        torch.testing.assert_close(decode_exact(video, z, features, 1.0, 8), whole, atol=DECODE_ATOL, rtol=0)  # 2 x 2 cores
+        planned = decode(video, z, up, 1.0, MemoryPlan((6, 9), 64, 32, 5, 4, 1))  # the plan's path: 6 x 3 cores
+        torch.testing.assert_close(planned, whole, atol=DECODE_ATOL, rtol=0)
+
+
+def test_a_dense_block_halo_below_its_reach_is_not_the_untiled_decode(monkeypatch):
+    """Negative control: the CFW's residual dense blocks read 5 px around (five chained 3x3 convs); a 1-px halo is wrong."""
+    from vsrup.sampling import mgld_decode
+
+    video, z, _, features = tiny_clip()
+    monkeypatch.setattr(mgld_decode, "DENSE_REACH", 1)
+    with torch.no_grad():
+        error = (mgld_decode.decode_exact(video, z, features, 1.0, 4) - video.decode_clip(z, features, 1.0, 5)).abs().max()
+    assert error > 100 * DECODE_ATOL
+
+
+def test_without_room_for_the_clips_states_each_tile_is_decoded_alone_with_its_own_features_and_blended():
+    from vsrup.memory import MemoryPlan
+    from vsrup.sampling.mgld_decode import decode
+
+    video, z, up, _ = tiny_clip()
+    with torch.no_grad():
+        blended = decode(video, z, up, 1.0, MemoryPlan((6, 9), 64, 32, 5, 4, 1, vae_frame_stats=False))
+        corner = video.decode_clip(z[..., :4, :4], video.features(up[..., :32, :32]), 1.0, 5)  # the first tile, its own features
+    assert blended.shape == (5, 3, 48, 72)
+    torch.testing.assert_close(blended[..., :8, :8], corner[..., :8, :8], atol=1e-5, rtol=0)  # no other tile reaches here
+
+
+def test_an_out_of_memory_in_the_decode_retries_with_the_smaller_decode_plan(tiny_mgld_cache, monkeypatch):
+    """The OOM policy (memory.OomRetry) on a window: an OOM inside stage("vae") shrinks the decode's part of the plan
+    only, and the retry from the window's inputs gives the frames of a first run at the smaller plan."""
+    from dataclasses import replace
+
+    from vsrup.memory import MemoryPlan, OomRetry
+    from vsrup.models import mgld_vsr
+
+    choice = choose("mgld-vsr")
+    config = choice.settle(UpscaleConfig(model="mgld-vsr", device="cpu", sample=SampleConfig(steps=2, motion_guidance=0.0)))
+    model = choice.load(config)
+    window = Window(np.random.default_rng(4).random((5, 16, 16, 3)).astype(np.float32), tuple(range(5)))  # latent 16 x 16
+    plans, original = [], mgld_vsr.decode
+
+    def decode_once_short(video, z, up, weight, plan):
+        plans.append(plan)
+        if len(plans) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(video, z, up, weight, plan)
+
+    monkeypatch.setattr(mgld_vsr, "decode", decode_once_short)
+    plan = MemoryPlan((16, 16), 64, 32, 5, 8, 2)  # the decode tiled, each frame's statistics
+    retry = OomRetry(plan)
+    retried = retry.run(lambda p: model.sample(window, p, lambda f: None))
+    assert plans == [plan, replace(plan, vae_frame_stats=False)] and retry.plan == plans[1]  # the UNet's part kept
+    monkeypatch.setattr(mgld_vsr, "decode", original)
+    first = model.sample(window, retry.plan, lambda f: None)
+    assert torch.equal(retried, first)
+
+
+def test_the_plan_is_made_on_the_latent_and_its_unet_budget_is_spent_on_64_latent_clip_tiles():
+    from dataclasses import replace
+
+    from vsrup.memory import Cost, Planner, shrink
+    from vsrup.models.mgld_vsr import COST, unet_batch
+
+    plan = Planner(Cost(dtype_bytes=2, vae_dtype_bytes=2, **COST), torch.device("cpu"), None, 32, None, budget=24 * 2**30).plan(5, 480, 854)
+    assert plan.frame == (240, 428)  # 480 x 854 upsampled x4, padded to 32, / 8
+    assert not plan.vae_frame_stats  # 75 GB of clip states at fp32 (37 GB at fp16) do not fit in 24 GB
+    assert unet_batch(plan, 5, 240, 428) == plan.batch * plan.tile**2 // (5 * 64**2)
+    smaller = shrink(plan, "unet")
+    assert smaller.batch == plan.batch // 2 and unet_batch(smaller, 5, 240, 428) < unet_batch(plan, 5, 240, 428)
+    assert unet_batch(replace(plan, batch=1, tile=32), 5, 240, 428) == 1  # the floor: one clip tile a call
+
+
+def test_the_encoders_pass_by_pass_are_the_whole_frame_encoders():
+    """The SD VAE's posterior and the CFW features of a frame on cores (the frame's statistics, stride-2 passes on
+    strips of even rows) equal the whole-frame calls within rounding (measured 1.8e-6 and 9e-5 of 132)."""
+    from diffusers import AutoencoderKL
+
+    from vsrup.models.mgld_vae import vae_config
+    from vsrup.sampling.mgld_decode import encode_frame, frame_features
+
+    vae = randomise(AutoencoderKL(**vae_config(32, (1, 2, 4, 4))), 1)
+    video, _, up, _ = tiny_clip(10, 13)  # ragged cores
+    frame = up[:1]  # (1, 3, 80, 104)
+    with torch.no_grad():
+        whole, features = vae.encode(frame).latent_dist.parameters, video.features(frame)
+        for tile in (4, 8):
+            torch.testing.assert_close(encode_frame(vae, frame, tile), whole, atol=2e-5, rtol=0)
+            for got, expected in zip(frame_features(video, frame, tile), features):
+                torch.testing.assert_close(got, expected, atol=5e-4, rtol=1e-5)

@@ -62,6 +62,7 @@ class Cost:
     # (1.33 KiB per output px measured on the CPU, full-size x4 config, fp32: docs/tiling.md)
     vae_tiles: tuple[int, ...] = TILES  # decode tile candidates, the first that fits is used; 0 = the whole frame
     vae_halo: int = 0  # latent px computed around each decode tile, each side (and thrown away)
+    latent: Callable[[int, int], tuple[int, int]] | None = None  # an input frame's (h, w) -> its latent's; None: the same (the x4)
 
     def unet_bytes(self, pixels: int, batch: int) -> int:
         """Peak activation bytes of one UNet call on ``batch`` tiles of ``pixels`` latent px."""
@@ -251,8 +252,10 @@ class Planner:
         self.retries: dict[tuple[int, int, int], OomRetry] = {}
 
     def plan(self, t_frames: int, h: int, w: int) -> MemoryPlan:
-        """The plan for a window of ``t_frames`` frames of a (h, w) latent, before any retry."""
+        """The plan for a window of ``t_frames`` input frames of (h, w) (their latent's, ``cost.latent``), before any retry."""
         free = self.budget if self.budget is not None else free_memory(self.device)
+        if self.cost.latent is not None:
+            h, w = self.cost.latent(h, w)
         return plan_memory(free, h, w, self.cost, samples=self.cost.rows(t_frames), tile=self.tile, overlap=self.overlap, batch=self.batch)
 
     def run(self, fn: Callable[[MemoryPlan], T], t_frames: int, h: int, w: int) -> T:

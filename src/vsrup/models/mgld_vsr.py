@@ -35,7 +35,8 @@ from vsrup.models.mgld_convert import convert_unet, convert_vae
 from vsrup.models.mgld_unet import MGLDUNet, StructEncoder, unet_config
 from vsrup.models.mgld_vae import CFWAutoencoder, vae_config
 from vsrup.models.pickles import converted
-from vsrup.sampling.mgld import SCALE, TiledEps, ddpm, guidance_hook, latent_flow, sample_clip, upsample
+from vsrup.sampling.mgld import SCALE, TILE, TiledEps, ddpm, guidance_hook, latent_flow, latent_size, sample_clip, upsample
+from vsrup.sampling.mgld_decode import decode, posterior, vae_tile
 from vsrup.sampling.noise import frame_noise, generators
 from vsrup.sampling.temporal import guided_steps, step_strength
 
@@ -57,6 +58,19 @@ VAE_CONFIG = vae_config(128, (1, 2, 4, 4))
 TEXT_CONFIG = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
                    max_position_embeddings=77, hidden_act="gelu", projection_dim=1024)
 
+
+# The memory plan's constants (memory.Cost, fp32 bytes), from peaks of the full-size networks, random weights, CPU, VmHWM
+# above the inputs (benchmarks/bench_mgld_memory.py; docs/benchmarks.md):
+#   UNet + struct encoder on one 5-frame tile of 32^2 / 48^2 / 64^2 latent px: 240 / 477 / 888 MiB; with the x4's 96 MiB
+#     intercept, 29.5 / 34.7 / 40.5 KB per frame-tile px (the plan counts frame tiles): 41 KB bounds all three
+#   a blended decode tile (its crop's CFW features, then decode_clip) of 5 frames of 16^2 / 24^2 / 32^2 latent px:
+#     517 / 795 / 1242 MiB; 256 MiB + 1.1 MB per latent px of the tile bounds all three (the slope from 24^2 to 32^2: 1.05 MB)
+#   the exact tiled decode of a 5-frame 32 x 64 latent at tile 16: 1040 MiB, 532 KB per latent px of the clip (its states),
+#     plus the CFW features it holds (5 x (256 x 16 + 512 x 4) x 4 B = 123 KB per latent px, built before the peak's reset):
+#     655 KB, 730 KB with a margin
+# The attention term is not measured (too small at these sizes to show): the x4's 8 B per px^2 for each of the 5 frames.
+# The plan counts the latent's px (latent_size: the upsampled, padded input / 8).
+COST = dict(unet_per_px=41_000, vae_fixed=256 * 2**20, vae_per_px=1_100_000, vae_attention=5 * 8, vae_state_per_px=730_000, latent=latent_size)
 
 
 def build_random_networks(device: str | torch.device = "meta", dtype: torch.dtype = torch.float32) -> dict[str, torch.nn.Module]:
@@ -158,7 +172,7 @@ class Model:
             self.encoder = to_device(encoder.to(self.vae_dtype), self.device)
             self.video = on(build(CFWAutoencoder, configs["video"], video, "video VAE").to(self.vae_dtype), self.device)
         guided = bool(guided_steps(s))
-        cost = Cost(dtype_bytes=torch.finfo(self.dtype).bits // 8, vae_dtype_bytes=torch.finfo(self.vae_dtype).bits // 8)
+        cost = Cost(dtype_bytes=torch.finfo(self.dtype).bits // 8, vae_dtype_bytes=torch.finfo(self.vae_dtype).bits // 8, **COST)
         self.info = ModelInfo(name="mgld-vsr", scale=SCALE, kind="clip", flow=guided, generative=True, cost=cost,
                               device=str(self.device), window=FRAMES)
 
@@ -168,15 +182,14 @@ class Model:
         frames, h, w, _ = window.frames.shape
         rgb = torch.from_numpy(np.ascontiguousarray(window.frames, dtype=np.float32)).permute(0, 3, 1, 2)  # (T, 3, h, w)
         low_res = (2.0 * rgb - 1.0).to(self.device)  # (T, 3, h, w)
-        batch = max(1, (plan.batch if plan is not None else 1) // frames)  # tiles per UNet call, T frames each
         with torch.no_grad():
             # 1. Upsample, encode: the input latent z_lr, the posterior's draw the first of each frame's generator.
             up, size = upsample(low_res)  # (T, 3, Hp, Wp), (H, W)
             gens = generators(s.seed, window.indices)
-            with stage("vae"):  # frame by frame: nothing in the encoder mixes frames
-                posteriors = [self.encoder.encode(frame[None].to(self.vae_dtype)).latent_dist for frame in up]
-            mean = torch.cat([p.mean for p in posteriors]).float()  # (T, 4, hl, wl)
-            std = torch.cat([p.std for p in posteriors]).float()  # (T, 4, hl, wl)
+            up = up.to(self.vae_dtype)
+            with stage("vae"):  # frame by frame, pass by pass where the plan tiles the VAE
+                dist = posterior(self.encoder, up, vae_tile(plan, up))
+            mean, std = dist.mean.float(), dist.std.float()  # (T, 4, hl, wl) each
             draw = frame_noise(gens, mean.shape[1], *mean.shape[2:], torch.float32).to(self.device)  # (T, 4, hl, wl)
             z_lr = (LATENT_SCALE * (mean + std * draw)).to(self.dtype)  # (T, 4, hl, wl)
             # 2. Motion guidance on the latent grid.
@@ -186,19 +199,27 @@ class Model:
                 hook = guidance_hook(flow, guided_steps(s), step_strength(s.motion_guidance, s.steps))
             # 3. Sample the clip.
             latents = sample_clip(
-                TiledEps(self.unet, self.struct, self.text, batch), ddpm(s.steps), z_lr, gens, hook,
+                TiledEps(self.unet, self.struct, self.text, unet_batch(plan, frames, *z_lr.shape[2:])), ddpm(s.steps), z_lr, gens, hook,
                 progress=lambda i: progress(0.9 * (i + 1) / s.steps),
             )  # (T, 4, hl, wl)
-            # 4. Decode with the encoder's features of the upsampled input; crop the padding, back to x4.
+            # 4. Decode with the encoder's features of the upsampled input (sampling/mgld_decode.py); crop the padding, back to x4.
             with stage("vae"):
-                per_frame = [self.video.features(frame[None].to(self.vae_dtype)) for frame in up]
-                features = [torch.cat(level) for level in zip(*per_frame)]  # (T, 256, Hp/2, Wp/2), (T, 512, Hp/4, Wp/4)
-                images = self.video.decode_clip(latents.to(self.vae_dtype) / LATENT_SCALE, features, DEC_W, frames)  # (T, 3, Hp, Wp)
+                images = decode(self.video, latents.to(self.vae_dtype) / LATENT_SCALE, up, DEC_W, plan)  # (T, 3, Hp, Wp)
             images = images[:, :, : size[0], : size[1]].float()  # (T, 3, H, W)
             if size != (SCALE * h, SCALE * w):
                 images = F.interpolate(images.clamp(-1.0, 1.0), size=(SCALE * h, SCALE * w), mode="bicubic")  # (T, 3, 4h, 4w)
             progress(1.0)
         return images.mul_(0.5).add_(0.5).permute(0, 2, 3, 1)  # (T, 4h, 4w, 3)
+
+
+def unet_batch(plan: MemoryPlan | None, frames: int, h: int, w: int) -> int:
+    """Clip tiles per UNet call on the (h, w) latent: the px of the plan's batch of frame tiles at its tile (what it
+    budgeted: the UNet's bytes are affine in batch x tile px, memory.Cost) spent on 64-latent tiles of ``frames``
+    frames, at least one. So an OOM's shrink (batch, then tile) lowers the batch; the tile stays the trained 64."""
+    if plan is None:
+        return 1
+    planned = plan.batch * (min(plan.tile, h) * min(plan.tile, w) if plan.tile else h * w)
+    return max(1, planned // (frames * min(TILE, h) * min(TILE, w)))
 
 
 def on(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -55,6 +55,12 @@ def upsample(low_res: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     return F.pad(up, (0, pad_w, 0, pad_h), mode="reflect"), size
 
 
+def latent_size(h: int, w: int) -> tuple[int, int]:
+    """The latent grid of an (h, w) input: the upsampled, padded frame / 8 (what ``upsample`` then the encoder give)."""
+    s = upsample_factor(h, w)
+    return tuple(-(-int(n * s) // PAD) * PAD // 8 for n in (h, w))
+
+
 def respaced(steps: int) -> list[int]:
     """The published ``space_timesteps(1000, [steps])``: round(k (1000 - 1) / (steps - 1)), k = 0..steps-1, descending."""
     return sorted({round(k * (TRAIN_STEPS - 1) / (steps - 1)) for k in range(steps)}, reverse=True)

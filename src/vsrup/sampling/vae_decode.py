@@ -54,9 +54,9 @@ Strips = list[Tensor]  # a frame-sized state as row strips (1, C, rows_r, W), to
 class Moments:
     """Per-channel sums of a frame-sized state: what its GroupNorm statistics are made of."""
 
-    total: Tensor  # (C,) S1 per channel
-    squares: Tensor  # (C,) S2 per channel
-    pixels: int  # N H W: the pixels summed over (N frames decoded together; 1 for the x4 VAE)
+    total: Tensor  # (C,) S1 per channel, or (N, C) per frame of the batch (per_frame: each frame its own statistics)
+    squares: Tensor  # (C,) or (N, C) S2 per channel
+    pixels: int  # N H W: the pixels summed over (N frames decoded together; 1 for the x4 VAE); H W per frame
 
 
 def decode_tiled(vae, latents: Tensor, *, tile: int, overlap: int, frame_statistics: bool = True) -> Tensor:
@@ -121,21 +121,23 @@ def decode_frame(vae, z: Tensor, tile: int, overlap: int) -> Tensor:
 
 
 def resnet_passes(resnet, x: Strips, m: Moments, tile: int) -> tuple[Strips, Moments]:
-    """A ResnetBlock2D without time embedding, as two passes: out = (shortcut(x) + F2(F1(x))) / s. Consumes x."""
+    """A ResnetBlock2D without time embedding, as two passes: out = (shortcut(x) + F2(F1(x))) / s. Consumes x.
+    Per-frame Moments in, per-frame statistics throughout."""
     first = norm_affine(resnet.norm1, m)
+    per_frame = m.total.dim() == 2
 
     def half1(t: Tensor) -> tuple[Tensor, Tensor]:  # (1, C_in, th, tw) -> 2 x (1, C_out, th, tw)
         skip = t if resnet.conv_shortcut is None else resnet.conv_shortcut(t)  # 1x1: x itself is not kept
         return resnet.conv1(resnet.nonlinearity(normalise(t, first))), skip
 
-    (hidden, skip), mh = run_pass(half1, (x,), tile, reach(resnet.conv1), consumed=1)
+    (hidden, skip), mh = run_pass(half1, (x,), tile, reach(resnet.conv1), consumed=1, per_frame=per_frame)
     second = norm_affine(resnet.norm2, mh)
 
     def half2(t: Tensor, skip: Tensor) -> tuple[Tensor]:  # 2 x (1, C_out, th, tw) -> (1, C_out, th, tw)
         out = resnet.conv2(resnet.dropout(resnet.nonlinearity(normalise(t, second))))
         return ((skip + out) / resnet.output_scale_factor,)
 
-    (out,), m = run_pass(half2, (hidden, skip), tile, reach(resnet.conv2), consumed=2)
+    (out,), m = run_pass(half2, (hidden, skip), tile, reach(resnet.conv2), consumed=2, per_frame=per_frame)
     return out, m
 
 
@@ -160,13 +162,15 @@ def attention_pass(attn, x: Strips, m: Moments, tile: int, overlap: int) -> tupl
     return list(out.split([strip.shape[2] for strip in x], dim=2)), moments(out)
 
 
-def run_pass(fn: Callable[..., tuple[Tensor, ...]], inputs: tuple[Strips, ...], tile: int, halo: int, scale: int = 1, consumed: int = 0) -> tuple[tuple[Strips, ...], Moments]:
+def run_pass(fn: Callable[..., tuple[Tensor, ...]], inputs: tuple[Strips, ...], tile: int, halo: int, scale: int = 1, consumed: int = 0,
+             per_frame: bool = False) -> tuple[tuple[Strips, ...], Moments]:
     """``fn`` over frame-sized ``inputs`` core by core -> its outputs, as strips, and the first output's Moments.
 
     Each core (one strip's rows, ``tile`` columns) is cut from every input with ``halo`` px of context
     (fewer at the frame's edge, where the convs' own zero padding is the untiled one's), and fn's
     outputs are cropped back to the core: (1, C', s th, s tw) for inputs (1, C_i, th, tw), s = ``scale``.
     The first ``consumed`` inputs are emptied strip by strip once no later core reads them.
+    ``per_frame``: the Moments are each frame's of the batch, (N, C), not their sum.
     """
     width = inputs[0][0].shape[3]
     outputs: list[Strips] = []
@@ -183,7 +187,7 @@ def run_pass(fn: Callable[..., tuple[Tensor, ...]], inputs: tuple[Strips, ...], 
                 strips = [new_state(res, scale * rows, scale * width) for res in results]  # (1, C', s rows, s W) each
             for strip, res in zip(strips, results):
                 strip[:, :, :, scale * x0 : scale * x1] = res[:, :, ys, xs]
-            part = moments(results[0][:, :, ys, xs])
+            part = moments(results[0][:, :, ys, xs], per_frame)
             total, squares = total + part.total, squares + part.squares
         outputs = outputs or [[] for _ in strips]
         for done, strip in zip(outputs, strips):
@@ -194,7 +198,8 @@ def run_pass(fn: Callable[..., tuple[Tensor, ...]], inputs: tuple[Strips, ...], 
             x[r] = x[r][:, :, x[r].shape[2] - halo :].clone()
     for x in inputs[:consumed]:
         x.clear()
-    return tuple(outputs), Moments(total, squares, sum(strip.shape[0] * strip.shape[2] * strip.shape[3] for strip in outputs[0]))
+    frames = 1 if per_frame else outputs[0][0].shape[0]
+    return tuple(outputs), Moments(total, squares, sum(frames * strip.shape[2] * strip.shape[3] for strip in outputs[0]))
 
 
 def cut(x: Strips, r: int, halo: int, b0: int, b1: int) -> Tensor:
@@ -224,24 +229,28 @@ def reach(conv: nn.Conv2d) -> int:
     return max(conv.kernel_size) // 2
 
 
-def moments(x: Tensor) -> Moments:
-    """Per-channel S1 and S2 of (N, C, H, W) over all N, summed in float64 (float32 on MPS, which has no float64)."""
+def moments(x: Tensor, per_frame: bool = False) -> Moments:
+    """Per-channel S1 and S2 of (N, C, H, W) over all N ((C,) each), or each frame's (``per_frame``: (N, C) each), summed in
+    float64 (float32 on MPS, which has no float64)."""
     acc = torch.float32 if x.device.type == "mps" else torch.float64
-    return Moments(x.sum(dim=(0, 2, 3), dtype=acc), x.square().sum(dim=(0, 2, 3), dtype=acc), x.shape[0] * x.shape[2] * x.shape[3])
+    dims, frames = ((2, 3), 1) if per_frame else ((0, 2, 3), x.shape[0])
+    return Moments(x.sum(dim=dims, dtype=acc), x.square().sum(dim=dims, dtype=acc), frames * x.shape[2] * x.shape[3])
 
 
 def norm_affine(norm: nn.GroupNorm, m: Moments) -> tuple[Tensor, Tensor]:
-    """GN(x) = x * scale + shift per channel, from the frame's Moments (formula in the module doc): (C,), (C,)."""
+    """GN(x) = x * scale + shift per channel, from the frame's Moments (formula in the module doc): (C,), (C,);
+    (N, C), (N, C) from per-frame Moments."""
     per_group = norm.num_channels // norm.num_groups
     n = m.pixels * per_group
-    mean = m.total.view(norm.num_groups, per_group).sum(1) / n  # (G,)
-    var = (m.squares.view(norm.num_groups, per_group).sum(1) / n - mean.square()).clamp_min(0)  # (G,)
-    scale = norm.weight * (var + norm.eps).rsqrt().repeat_interleave(per_group)  # (C,)
-    shift = norm.bias - mean.repeat_interleave(per_group) * scale  # (C,)
+    lead = m.total.shape[:-1]  # () or (N,)
+    mean = m.total.view(*lead, norm.num_groups, per_group).sum(-1) / n  # (G,) or (N, G)
+    var = (m.squares.view(*lead, norm.num_groups, per_group).sum(-1) / n - mean.square()).clamp_min(0)  # (G,) or (N, G)
+    scale = norm.weight * (var + norm.eps).rsqrt().repeat_interleave(per_group, dim=-1)  # (C,) or (N, C)
+    shift = norm.bias - mean.repeat_interleave(per_group, dim=-1) * scale  # (C,) or (N, C)
     return scale, shift
 
 
 def normalise(t: Tensor, affine: tuple[Tensor, Tensor]) -> Tensor:
-    """(1, C, th, tw) -> GN(t) with the frame's statistics, in t's dtype."""
-    scale, shift = (a.to(t.dtype)[None, :, None, None] for a in affine)  # (1, C, 1, 1)
+    """(N, C, th, tw) -> GN(t) with the frame's statistics (or each frame's, from (N, C) affines), in t's dtype."""
+    scale, shift = (a.to(t.dtype)[..., :, None, None] for a in affine)  # (C, 1, 1) or (N, C, 1, 1)
     return t * scale + shift
