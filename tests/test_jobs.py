@@ -61,13 +61,6 @@ def video(tmp_path) -> Path:
     return mf.make_video(tmp_path / "in.mp4", frames=20, size=(32, 24), audio=(mf.Audio(),))
 
 
-def vsrup(*args, check=True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "vsrup", *map(str, args)], capture_output=True, text=True, timeout=300)
-    if check:
-        assert done.returncode == 0, done.stderr
-    return done
-
-
 def events(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
@@ -137,7 +130,9 @@ def test_sigkill_mid_unit_and_mid_assembly_then_the_same_command_resumes_to_iden
     assert units_by_state(again, "start") == list(range(1, n))
     assert not out.exists() and not list(work.glob("unit_000001.partial.*"))
     # 3. once more: nothing is rendered, the output is assembled, byte-identical to the plain run
-    last = events(vsrup(*job, "--log-json").stdout)
+    code, err = run_vsrup(*job, "--log-json")  # in this process: nothing left to kill
+    assert code == 0, err
+    last = events(run_vsrup.stdout)
     assert units_by_state(last, "start") == [] and units_by_state(last, "resumed") == list(range(n))
     assert out.read_bytes() == plain.read_bytes()
     assert not work.exists()
