@@ -20,8 +20,8 @@ from vsrup.config import EncodeConfig, JobConfig, SampleConfig, UpscaleConfig
 from vsrup.errors import OutputError, UsageError
 from vsrup.events import Emit, Event, ignore
 from vsrup.jobs.manifest import FORMAT, WorkDir, create_json, differences, environment, model_files, plain, settings, sha256_of, write_json
-from vsrup.models import ModelInfo
 from vsrup.jobs.units import CorruptUnit, Unit, check_pix_fmt, plan_units, read_unit, render_unit, save_record
+from vsrup.models import ModelInfo
 from vsrup.outputs import atomic_output, discard
 from vsrup.pipeline import Job, LazyModel, Span, clip_shape, prepare
 
