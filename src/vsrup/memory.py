@@ -8,6 +8,8 @@ Cost model (per model call, activations only; the weights are already resident, 
 after the models are on the device), affine in the tile's latent pixels P:
   UNet   (unet_fixed + batch * P * unet_per_px) * dtype_bytes / 4
   VAE    vae_fixed + P * vae_per_px + vae_attention * P^2     decoder in fp32, one tile per call
+Frame-sized states, per latent px F of the frame, checked against the budget: a tiled decode's with the frame's
+statistics (vae_state_per_px) and a pass-by-pass encode's (encode_state_per_px; 0 for a model that plans none).
 The x4 constants are measured peaks (VmHWM over the run) of the real-config x4 UNet and VAE decoder,
 random weights, fp32, CPU, at 32^2, 48^2 and 64^2 latents (benchmarks/bench_tiles.py --calibrate):
 UNet 89 / 108 / 124 MiB, VAE 101 / 148 / 272 MiB; the constants below bound all three. The
