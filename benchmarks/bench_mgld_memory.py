@@ -3,15 +3,17 @@
     for n in 32 48 64; do PYTHONPATH=src python benchmarks/bench_mgld_memory.py unet $n; done
     for n in 16 24 32; do PYTHONPATH=src python benchmarks/bench_mgld_memory.py decode $n; done
     PYTHONPATH=src python benchmarks/bench_mgld_memory.py states 32   # the exact tiled decode's clip states
-    for w in encode features encode-tiled features-tiled; do PYTHONPATH=src python benchmarks/bench_mgld_memory.py $w 64; done
+    for w in encode features encode-tiled features-tiled encode-blended; do PYTHONPATH=src python benchmarks/bench_mgld_memory.py $w 64; done
 
 unet    the struct encoder and the UNet on one tile of n x n latent px of a 5-frame clip (one TiledEps call's work)
 decode  the CFW features and CFWAutoencoder.decode_clip of a 5-frame clip of n x n latent px (one blended decode tile)
 states  the pass-by-pass decode (sampling/mgld_decode.decode_exact) of a 5-frame n x (2n) latent at tile n / 2:
         its peak above the untiled-by-tile activations is the clip's states, reported per latent px of the clip
-encode, features, encode-tiled, features-tiled
+encode, features, encode-tiled, features-tiled, encode-blended
         one upsampled frame of 8n x 8n px through the SD VAE's encoder (its posterior) or the video VAE's features,
-        whole or pass by pass at tile n / 4 (mgld_decode.encode_frame, frame_features)
+        whole or pass by pass at tile n / 4 (mgld_decode.encode_frame, frame_features), or the encode in blended
+        tiles of n / 4 overlapping by n / 16, each cut with its 16-px halo (mgld_decode.encode_blended; run it with
+        MALLOC_MMAP_THRESHOLD_=65536, else glibc's heap keeps the freed pages of its 25 cuts: docs/benchmarks.md)
 
 Each size runs in a fresh process (bench_tiles.py --calibrate's method): an 8 x 8 warm-up takes the one-time
 allocations, the peak is reset (echo 5 > /proc/self/clear_refs), and the peak resident set (VmHWM) above the
@@ -100,18 +102,19 @@ def states(n: int) -> dict:
 
 
 def encoder_call(what: str, n: int) -> float:
-    """One of the four encoder calls on one upsampled frame of 8n x 8n px (tiled: pass by pass at tile n / 4)."""
+    """One of the five encoder calls on one upsampled frame of 8n x 8n px (tiled: pass by pass at tile n / 4)."""
     from diffusers import AutoencoderKL
 
     from vsrup.models.mgld_vae import CFWAutoencoder
     from vsrup.models.mgld_vsr import VAE_CONFIG
-    from vsrup.sampling.mgld_decode import encode_frame, frame_features
+    from vsrup.sampling.mgld_decode import encode_blended, encode_frame, frame_features
 
     encoder, video = AutoencoderKL(**VAE_CONFIG).eval(), CFWAutoencoder(**VAE_CONFIG).eval()
     tile = n // 4
     call = {
         "encode": lambda x: encoder.encode(x).latent_dist.mean, "features": video.features,
         "encode-tiled": lambda x: encode_frame(encoder, x, tile), "features-tiled": lambda x: frame_features(video, x, tile),
+        "encode-blended": lambda x: encode_blended(encoder, x, tile, max(1, n // 16)),
     }[what]
     with torch.no_grad():
         call(torch.randn(1, 3, 64, 64))
@@ -120,7 +123,7 @@ def encoder_call(what: str, n: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("unet", "decode", "states", "encode", "features", "encode-tiled", "features-tiled"))
+    parser.add_argument("what", choices=("unet", "decode", "states", "encode", "features", "encode-tiled", "features-tiled", "encode-blended"))
     parser.add_argument("size", type=int, help="latent px (the tile's side)")
     args = parser.parse_args()
     torch.set_num_threads(2)

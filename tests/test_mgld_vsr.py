@@ -492,3 +492,92 @@ def test_the_encoders_pass_by_pass_are_the_whole_frame_encoders():
             torch.testing.assert_close(encode_frame(vae, frame, tile), whole, atol=2e-5, rtol=0)
             for got, expected in zip(frame_features(video, frame, tile), features):
                 torch.testing.assert_close(got, expected, atol=5e-4, rtol=1e-5)
+
+
+# --- the blended encode (the plan's fallback where a frame's encoder states do not fit) ------------
+
+
+def encode_inputs(kind: str):
+    """The tiny SD VAE, random, and one upsampled frame (1, 3, 192, 320) (latent 24 x 40): uniform noise (the same
+    statistics everywhere) or a smooth picture whose tone changes across the frame (each tile's statistics its own)."""
+    from diffusers import AutoencoderKL
+
+    from vsrup.models.mgld_vae import vae_config
+
+    vae = randomise(AutoencoderKL(**vae_config(32, (1, 2, 4, 4))), 1)
+    torch.manual_seed(0)
+    if kind == "noise":
+        return vae, torch.rand(1, 3, 192, 320) * 2 - 1
+    y, x = torch.meshgrid(torch.linspace(0, 1, 192), torch.linspace(0, 1, 320), indexing="ij")
+    return vae, torch.stack([torch.sin(6 * x + 2 * y), 2 * x - 1, torch.cos(9 * y) * (x > 0.6)])[None]
+
+
+# Each tile's own GroupNorm statistics and attention, so not the whole-frame encode: on the posterior mean
+# (|mean| 0.57 to 0.59) at tile 16, overlap 4, halo 16, measured max 0.021 / mean 0.0026 on noise and max 0.27 /
+# mean 0.041 on the smooth picture (the tone steps of per-tile statistics; the bounds below leave about 2x). Without
+# the halo (the convs' zero padding inside the frame) the noise's max is 0.19 (1.04 at tile 8, 0.029 with it).
+@pytest.mark.parametrize("kind, largest, average", [("noise", 0.05, 0.006), ("smooth", 0.6, 0.09)])
+def test_the_blended_encode_is_near_the_whole_frame_encode(kind, largest, average):
+    from vsrup.sampling.mgld_decode import encode_blended
+
+    vae, frame = encode_inputs(kind)
+    with torch.no_grad():
+        whole = vae.encode(frame).latent_dist.parameters  # (1, 8, 24, 40)
+        error = (encode_blended(vae, frame, 16, 4) - whole)[:, :4].abs()  # the mean's part
+        assert torch.equal(encode_blended(vae, frame, 40, 4), whole)  # one tile covering the frame: vae.encode itself
+    assert error.max() < largest and error.mean() < average
+
+
+def test_the_blended_encodes_halo_keeps_the_tile_edges_off_the_convs_zero_padding():
+    from vsrup.sampling.mgld_decode import encode_blended
+
+    vae, frame = encode_inputs("noise")
+    with torch.no_grad():
+        whole = vae.encode(frame).latent_dist.parameters
+        with_halo, without = (encode_blended(vae, frame, 16, 4, halo) for halo in (16, 0))
+    assert (without - whole).abs().max() > 5 * (with_halo - whole).abs().max()  # measured 0.19 against 0.021
+
+
+def test_the_plan_encodes_in_blended_tiles_when_a_frames_encoder_states_do_not_fit():
+    from vsrup.memory import Cost, Planner
+    from vsrup.models.mgld_vsr import COST
+
+    def plan(gib: int):
+        return Planner(Cost(dtype_bytes=4, **COST), torch.device("cpu"), None, 32, None, budget=gib * 2**30).plan(5, 480, 854)
+
+    roomy, starved = plan(24), plan(8)  # the frame's encoder states: 240 x 428 latent px x 96 KiB = 9.4 GiB in fp32
+    assert roomy.encode_frame_stats and not roomy.vae_frame_stats  # the clip's decode states (75 GB) do not fit in 24 GiB
+    assert not starved.encode_frame_stats and not starved.vae_frame_stats and starved.vae_tile
+    assert "VAE encode in blended tiles" in starved.describe() and "VAE encode" not in roomy.describe()
+
+
+def test_an_out_of_memory_in_the_encode_retries_with_blended_encode_tiles(tiny_mgld_cache, monkeypatch):
+    """An OOM inside stage("encode") moves the encode (and the decode, whose frame statistics need more) to blended
+    tiles; the retry from the window's inputs gives the frames of a first run at that plan."""
+    from dataclasses import replace
+
+    from vsrup.memory import MemoryPlan, OomRetry
+    from vsrup.models import mgld_vsr
+    from vsrup.sampling import mgld_decode
+
+    choice = choose("mgld-vsr")
+    config = choice.settle(UpscaleConfig(model="mgld-vsr", device="cpu", sample=SampleConfig(steps=2, motion_guidance=0.0)))
+    model = choice.load(config)
+    window = Window(np.random.default_rng(4).random((2, 16, 16, 3)).astype(np.float32), tuple(range(2)))  # a short last clip: latent 16 x 16
+    plans, blended, original, encode = [], [], mgld_vsr.posterior, mgld_decode.encode_blended
+
+    def posterior_once_short(vae, up, plan):
+        plans.append(plan)
+        if len(plans) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(vae, up, plan)
+
+    monkeypatch.setattr(mgld_vsr, "posterior", posterior_once_short)
+    monkeypatch.setattr(mgld_decode, "encode_blended", lambda *args: blended.append(1) or encode(*args))
+    plan = MemoryPlan((16, 16), 64, 32, 5, 8, 2)  # the VAE tiled, the frame's statistics
+    retry = OomRetry(plan)
+    retried = retry.run(lambda p: model.sample(window, p, lambda f: None))
+    assert plans == [plan, replace(plan, vae_frame_stats=False, encode_frame_stats=False)] and retry.plan == plans[1]
+    assert len(blended) == 2  # frame by frame
+    monkeypatch.setattr(mgld_vsr, "posterior", original)
+    assert torch.equal(retried, model.sample(window, retry.plan, lambda f: None))

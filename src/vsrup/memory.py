@@ -8,6 +8,8 @@ Cost model (per model call, activations only; the weights are already resident, 
 after the models are on the device), affine in the tile's latent pixels P:
   UNet   (unet_fixed + batch * P * unet_per_px) * dtype_bytes / 4
   VAE    vae_fixed + P * vae_per_px + vae_attention * P^2     decoder in fp32, one tile per call
+Frame-sized states, per latent px F of the frame, checked against the budget: a tiled decode's with the frame's
+statistics (vae_state_per_px) and a pass-by-pass encode's (encode_state_per_px; 0 for a model that plans none).
 The x4 constants are measured peaks (VmHWM over the run) of the real-config x4 UNet and VAE decoder,
 random weights, fp32, CPU, at 32^2, 48^2 and 64^2 latents (benchmarks/bench_tiles.py --calibrate):
 UNet 89 / 108 / 124 MiB, VAE 101 / 148 / 272 MiB; the constants below bound all three. The
@@ -60,6 +62,8 @@ class Cost:
     vae_attention: int = 8  # per (latent px)^2: fp32 scores + probabilities, single head
     vae_state_per_px: int = 21 * 2**10  # bytes per latent px of the frame: a tiled decode's states with frame statistics
     # (1.33 KiB per output px measured on the CPU, full-size x4 config, fp32: docs/tiling.md)
+    encode_state_per_px: int = 0  # bytes per latent px of the frame: a pass-by-pass VAE encode's states with frame statistics
+    # (fp32; 0: the model encodes nothing frame-sized, as the x4)
     vae_tiles: tuple[int, ...] = TILES  # decode tile candidates, the first that fits is used; 0 = the whole frame
     vae_halo: int = 0  # latent px computed around each decode tile, each side (and thrown away)
     latent: Callable[[int, int], tuple[int, int]] | None = None  # an input frame's (h, w) -> its latent's; None: the same (the x4)
@@ -75,6 +79,10 @@ class Cost:
     def vae_state_bytes(self, pixels: int) -> int:
         """Device bytes of a tiled decode's frame-sized states (the frame's GroupNorm statistics) for ``pixels`` latent px."""
         return pixels * self.vae_state_per_px * self.vae_dtype_bytes // 4
+
+    def encode_state_bytes(self, pixels: int) -> int:
+        """Device bytes of a pass-by-pass encode's frame-sized states (the frame's GroupNorm statistics) for ``pixels`` latent px."""
+        return pixels * self.encode_state_per_px * self.vae_dtype_bytes // 4
 
     def rows(self, t_frames: int) -> int:
         """UNet batch rows of one step of a window of ``t_frames`` frames."""
@@ -94,6 +102,7 @@ class MemoryPlan:
     vae_tile: int  # VAE decode tile, latent px; 0 = whole frame
     vae_overlap: int
     vae_frame_stats: bool = True  # tiles normalised with the frame's GroupNorm statistics (else each with its own)
+    encode_frame_stats: bool = True  # the VAE encode likewise (else in blended tiles, each with its own statistics)
 
     def describe(self) -> str:
         """One line for the log."""
@@ -101,7 +110,8 @@ class MemoryPlan:
         unet = f"tile {self.tile}, overlap {self.overlap}" if self.tile else "untiled"
         stats = "frame statistics" if self.vae_frame_stats else "each tile's own statistics: the frame's states do not fit"
         vae = f"tile {self.vae_tile}, overlap {self.vae_overlap}, {stats}" if self.vae_tile else "untiled"
-        return f"UNet {unet}, {self.batch} per call; VAE decode {vae} (latent {h}x{w})"
+        encode = "" if self.encode_frame_stats or not self.vae_tile else "; VAE encode in blended tiles, each tile's own statistics: the frame's encoder states do not fit"
+        return f"UNet {unet}, {self.batch} per call; VAE decode {vae}{encode} (latent {h}x{w})"
 
 
 def free_memory(device: torch.device) -> int:
@@ -144,8 +154,11 @@ def plan_memory(
     vae_overlap = min(overlap, vae_tile // 4)  # VAE errors are spread, not at edges (docs/tiling.md): 25% suffices
     # The frame's GroupNorm statistics need its decoder states on the device (vae_decode.py): when they do not fit
     # beside a tile's activations, each tile is normalised on its own (tone steps between tiles; the plan says so).
-    frame_stats = vae_tile == 0 or cost.vae_state_bytes(h * w) + cost.vae_bytes(vae_area(vae_tile)) <= budget
-    return MemoryPlan((h, w), tile, unet_overlap, batch, vae_tile, vae_overlap, frame_stats)
+    # Likewise a pass-by-pass encode's frame-sized states (Cost.encode_state_per_px; 0 for a model that encodes nothing):
+    # when they do not fit, the encode runs in blended tiles, and so does the decode, whose frame statistics need more.
+    encode_stats = vae_tile == 0 or cost.encode_state_bytes(h * w) <= budget
+    frame_stats = vae_tile == 0 or (encode_stats and cost.vae_state_bytes(h * w) + cost.vae_bytes(vae_area(vae_tile)) <= budget)
+    return MemoryPlan((h, w), tile, unet_overlap, batch, vae_tile, vae_overlap, frame_stats, encode_stats)
 
 
 def smaller_tile(tile: int) -> int | None:
@@ -157,24 +170,26 @@ def smaller_tile(tile: int) -> int | None:
 
 def shrink(plan: MemoryPlan, stage: str) -> MemoryPlan | None:
     """The next smaller plan after an OOM in ``stage`` ("unet": batch, then tile; "vae": tile statistics, then
-    tile); None at the floor."""
+    tile; "encode": the encode's and the decode's tile statistics, then the VAE tile); None at the floor."""
     if stage == "unet":
         if plan.batch > 1:
             return replace(plan, batch=plan.batch // 2)
         tile = plan.tile or max(plan.frame)
         new = smaller_tile(tile)
         return None if new is None else replace(plan, tile=new, overlap=plan.overlap * new // tile)
-    if stage == "vae":
-        if plan.vae_tile and plan.vae_frame_stats:  # the frame-sized states are most of a tiled decode's memory
-            return replace(plan, vae_frame_stats=False)
+    if stage == "encode" and plan.vae_tile and plan.encode_frame_stats:  # the decode's frame statistics need more than these
+        return replace(plan, vae_frame_stats=False, encode_frame_stats=False)
+    if stage == "vae" and plan.vae_tile and plan.vae_frame_stats:  # the frame-sized states are most of a tiled decode's memory
+        return replace(plan, vae_frame_stats=False)
+    if stage in ("vae", "encode"):
         tile = plan.vae_tile or max(plan.frame)
         new = smaller_tile(tile)
         return None if new is None else replace(plan, vae_tile=new, vae_overlap=plan.vae_overlap * new // tile)
-    raise ValueError(f"unknown stage {stage!r}; expected 'unet' or 'vae'")
+    raise ValueError(f"unknown stage {stage!r}; expected 'unet', 'vae' or 'encode'")
 
 
 class StageOutOfMemory(Exception):
-    """CUDA ran out of memory inside ``stage`` ("unet" or "vae"): which part of the plan to shrink."""
+    """CUDA ran out of memory inside ``stage`` ("unet", "vae" or "encode"): which part of the plan to shrink."""
 
     def __init__(self, stage: str):
         super().__init__(stage)
@@ -185,7 +200,8 @@ class StageOutOfMemory(Exception):
 def stage(name: str) -> Iterator[None]:
     """Mark the calls of one stage, so an OOM inside them shrinks that stage's part of the plan.
 
-    A model wraps its VAE decodes in ``stage("vae")``; an OOM outside any stage counts as the UNet's.
+    A model wraps its VAE decodes in ``stage("vae")`` (and a planned frame-sized VAE encode in ``stage("encode")``);
+    an OOM outside any stage counts as the UNet's.
     """
     try:
         yield

@@ -36,7 +36,7 @@ from vsrup.models.mgld_unet import MGLDUNet, StructEncoder, unet_config
 from vsrup.models.mgld_vae import CFWAutoencoder, vae_config
 from vsrup.models.pickles import converted
 from vsrup.sampling.mgld import SCALE, TILE, TiledEps, ddpm, guidance_hook, latent_flow, latent_size, sample_clip, upsample
-from vsrup.sampling.mgld_decode import decode, posterior, vae_tile
+from vsrup.sampling.mgld_decode import decode, posterior
 from vsrup.sampling.noise import frame_noise, generators
 from vsrup.sampling.temporal import guided_steps, step_strength
 
@@ -68,9 +68,13 @@ TEXT_CONFIG = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, n
 #   the exact tiled decode of a 5-frame 32 x 64 latent at tile 16: 1040 MiB, 532 KB per latent px of the clip (its states),
 #     plus the CFW features it holds (5 x (256 x 16 + 512 x 4) x 4 B = 123 KB per latent px, built before the peak's reset):
 #     655 KB, 730 KB with a margin
+#   the SD VAE encode pass by pass (mgld_decode.encode_frame) of one upsampled frame of 32^2 / 64^2 latent px at tile n / 4:
+#     53 / 326 MiB, 91 KiB per latent px from 32^2 to 64^2 (the CFW features pass by pass: 75 KiB); 96 KiB bounds both.
+#     Where they do not fit, the encode runs in blended tiles: one cut (tile + 2 halos) at 160 KiB per px, less than a decode tile.
 # The attention term is not measured (too small at these sizes to show): the x4's 8 B per px^2 for each of the 5 frames.
 # The plan counts the latent's px (latent_size: the upsampled, padded input / 8).
-COST = dict(unet_per_px=41_000, vae_fixed=256 * 2**20, vae_per_px=1_100_000, vae_attention=5 * 8, vae_state_per_px=730_000, latent=latent_size)
+COST = dict(unet_per_px=41_000, vae_fixed=256 * 2**20, vae_per_px=1_100_000, vae_attention=5 * 8, vae_state_per_px=730_000,
+            encode_state_per_px=96 * 2**10, latent=latent_size)
 
 
 def build_random_networks(device: str | torch.device = "meta", dtype: torch.dtype = torch.float32) -> dict[str, torch.nn.Module]:
@@ -187,8 +191,8 @@ class Model:
             up, size = upsample(low_res)  # (T, 3, Hp, Wp), (H, W)
             gens = generators(s.seed, window.indices)
             up = up.to(self.vae_dtype)
-            with stage("vae"):  # frame by frame, pass by pass where the plan tiles the VAE
-                dist = posterior(self.encoder, up, vae_tile(plan, up))
+            with stage("encode"):  # frame by frame, pass by pass where the plan tiles the VAE, blended tiles where its states do not fit
+                dist = posterior(self.encoder, up, plan)
             mean, std = dist.mean.float(), dist.std.float()  # (T, 4, hl, wl) each
             draw = frame_noise(gens, mean.shape[1], *mean.shape[2:], torch.float32).to(self.device)  # (T, 4, hl, wl)
             z_lr = (LATENT_SCALE * (mean + std * draw)).to(self.dtype)  # (T, 4, hl, wl)

@@ -31,11 +31,16 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from vsrup.memory import MemoryPlan
 from vsrup.models.mgld_vae import FEATURE_LEVELS
-from vsrup.sampling.tiles import tiled
+from vsrup.sampling.tiles import Span, profile, spans, tiled
 from vsrup.sampling.vae_decode import (
     Moments, Strips, cores, moments, norm_affine, normalise, reach, resnet_passes, run_pass, vae_factor,
 )
 
+# Latent px of context cut around a blended encode tile (and thrown away): the SD encoder's convs reach 15 latent px
+# (a 3x3 conv adds 1 px at its level, a stride-2 downsampler takes r to r / 2 + 1: conv_in and level 0's four convs
+# 5 px at H; 8 at H/2 and 9 at H/4 after levels 1 and 2; 10 at H/8 after level 3, 14 with the mid block's resnets,
+# 15 with conv_out). The mid block's attention spans the cut.
+ENCODE_HALO = 16
 DENSE_REACH = 5  # px of context of one residual dense block: conv5 reads conv4's output, which reads conv3's, ... (five 3x3 convs)
 
 
@@ -62,11 +67,18 @@ def vae_tile(plan: MemoryPlan | None, up: torch.Tensor) -> int:
     return 0 if up.shape[2] <= 8 * tile and up.shape[3] <= 8 * tile else tile
 
 
-def posterior(vae, up: torch.Tensor, tile: int) -> DiagonalGaussianDistribution:
+def posterior(vae, up: torch.Tensor, plan: MemoryPlan | None) -> DiagonalGaussianDistribution:
     """The SD VAE's posterior of (T, 3, H, W) upsampled frames, frame by frame (nothing in the encoder mixes frames):
-    ``vae.encode`` itself at tile 0, else pass by pass (``encode_frame``), the same within rounding."""
-    params = [vae.encode(frame[None]).latent_dist.parameters if tile == 0 else encode_frame(vae, frame[None], tile) for frame in up]
-    return DiagonalGaussianDistribution(torch.cat(params))  # parameters (T, 8, H/8, W/8)
+    ``vae.encode`` itself where the plan does not tile the VAE, else pass by pass (``encode_frame``, the same within
+    rounding), or in blended tiles (``encode_blended``) where the frame's encoder states do not fit."""
+    tile = vae_tile(plan, up)
+    if not tile:
+        encode = lambda frame: vae.encode(frame).latent_dist.parameters  # noqa: E731
+    elif plan.encode_frame_stats:
+        encode = lambda frame: encode_frame(vae, frame, tile)  # noqa: E731
+    else:
+        encode = lambda frame: encode_blended(vae, frame, tile, plan.vae_overlap)  # noqa: E731
+    return DiagonalGaussianDistribution(torch.cat([encode(frame[None]) for frame in up]))  # parameters (T, 8, H/8, W/8)
 
 
 def clip_features(video, up: torch.Tensor, tile: int) -> list[torch.Tensor]:
@@ -251,3 +263,28 @@ def encode_frame(vae, frame: torch.Tensor, tile: int) -> torch.Tensor:
 def frame_features(video, frame: torch.Tensor, tile: int) -> list[torch.Tensor]:
     """``CFWAutoencoder.features`` of one (1, 3, H, W) frame, pass by pass: [(1, 256, H/2, W/2), (1, 512, H/4, W/4)]."""
     return encoder_levels(video.encoder, frame, tile, max(FEATURE_LEVELS) + 1, keep=FEATURE_LEVELS)[1]
+
+
+def encode_blended(vae, frame: torch.Tensor, tile: int, overlap: int, halo: int = ENCODE_HALO) -> torch.Tensor:
+    """The SD VAE's posterior parameters of one (1, 3, H, W) frame -> (1, 8, H/8, W/8), ``vae.encode`` on overlapping
+    latent tiles (``tiles.spans``), each cut with ``halo`` latent px of context (fewer at the frame's edge) that is
+    cropped off, each tile normalised with its own statistics and its attention within the cut, blended with the
+    cosine ramps. Memory: one cut's whole-frame encode (no frame-sized state but the input and the output)."""
+    h, w = frame.shape[2] // 8, frame.shape[3] // 8
+    out = total = None
+    for ys in spans(h, tile, overlap):
+        for xs in spans(w, tile, overlap):
+            (y0, y1), (x0, x1) = with_halo(ys, halo, h), with_halo(xs, halo, w)
+            params = vae.encode(frame[:, :, 8 * y0 : 8 * y1, 8 * x0 : 8 * x1]).latent_dist.parameters  # (1, 8, y1 - y0, x1 - x0)
+            core = params[:, :, ys.start - y0 : ys.end - y0, xs.start - x0 : xs.end - x0].float()  # (1, 8, th, tw)
+            if out is None:
+                out, total = core.new_zeros((1, core.shape[1], h, w)), core.new_zeros((h, w))  # (1, 8, h, w), (h, w)
+            weight = profile(ys, dtype=core.dtype, device=core.device)[:, None] * profile(xs, dtype=core.dtype, device=core.device)  # (th, tw)
+            out[:, :, ys.start : ys.end, xs.start : xs.end] += weight * core
+            total[ys.start : ys.end, xs.start : xs.end] += weight
+    return (out / total).to(frame.dtype)
+
+
+def with_halo(span: Span, halo: int, n: int) -> tuple[int, int]:
+    """The span widened by ``halo`` each side, within [0, n)."""
+    return max(span.start - halo, 0), min(span.end + halo, n)
