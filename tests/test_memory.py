@@ -73,6 +73,15 @@ def test_shrink_halves_batch_then_tile_then_stops():
     assert (vae.vae_tile, vae.tile, vae.batch) == (240, 128, 4)  # untiled: half the frame's long side
 
 
+def test_an_encode_oom_blends_the_encode_and_the_decode_then_shrinks_the_vae_tile():
+    plan = MemoryPlan((240, 428), tile=64, overlap=32, batch=8, vae_tile=128, vae_overlap=32)
+    seen = []
+    while plan is not None:
+        seen.append((plan.encode_frame_stats, plan.vae_frame_stats, plan.vae_tile, plan.tile, plan.batch))
+        plan = shrink(plan, "encode")
+    assert seen == [(True, True, 128, 64, 8), (False, False, 128, 64, 8), (False, False, 64, 64, 8), (False, False, 32, 64, 8)]
+
+
 class FakeClip:
     """Raises CUDA OOM while batch * tile^2 exceeds ``limit``; records every attempt."""
 
