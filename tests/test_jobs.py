@@ -301,3 +301,13 @@ def test_an_upscale_a_video_job_in_its_official_folder_gives_the_plain_run(tmp_p
     assert (tmp_path / "job.mp4").read_bytes() == (tmp_path / "plain.mp4").read_bytes()
     manifest = json.loads((tmp_path / "job.mp4.vsrup-work" / "manifest.json").read_text())
     assert "unet/unet_video.bin" in manifest["job"]["model"]["files"]
+
+
+def test_ray_options_without_ray_installed_are_one_line_usage_errors(tmp_path, video, run_vsrup, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as where the extra is not installed
+    code, err = run_vsrup("upscale", video, tmp_path / "out.mp4", "-m", "lanczos", "--workers", "2")
+    assert code == 2 and "need Ray: pip install 'vsrup[ray]'" in err and not (tmp_path / "out.mp4").exists()
+    code, err = run_vsrup("upscale", video, tmp_path / "out.mp4", "-m", "lanczos", "--shard", "0/2", "--ray", "auto")
+    assert code == 2 and "give --shard or --ray/--workers, not both" in err
+    code, err = run_vsrup("upscale", video, tmp_path / "out.mp4", "-m", "lanczos", "--restart")
+    assert code == 2 and "applies to resumable jobs" in err
