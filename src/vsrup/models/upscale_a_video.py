@@ -88,6 +88,17 @@ DEFAULTS = dict(SD_X4_DEFAULTS, noise_level=120, motion_guidance=0.0)  # inferen
 # full-size video UNet call on 8 frames, random weights, CPU, VmHWM above the loaded model: 332 / 613 / 772 MiB at
 # 32^2 / 48^2 / 64^2 (docs/models/upscale-a-video.md); 32 KB bounds all three (the x4's is 16 KB). Not measured on a GPU.
 UNET_PER_PX = 32_000
+# The video VAE's decode of a chunk of 3 frames, fp32 bytes (benchmarks/bench_uav_memory.py, 2026-12-02, this 2-core CPU,
+# full-size random-weight UAV_VAE_VIDEO_CONFIG, MALLOC_MMAP_THRESHOLD_=65536, VmHWM of one call in a fresh process):
+# one tile's call (decode_frames, LR condition) 62.3 / 171.1 / 392.6 / 679.7 / 1527.5 MiB at 16^2 / 32^2 / 48^2 / 64^2 / 96^2
+# latent px, 174 KB per tile px from 32^2 to 96^2, about 20 MiB at 0: 32 MiB + 180 KB per px bounds all five. The chunk's
+# states of the pass-by-pass decode (decode_chunk at tile n / 2 on 3 frames of n x 2n): 36.4 / 132.2 / 202.4 MiB at
+# 512 / 2048 / 3200 latent px of the frame, 74.5 / 67.7 / 66.3 KB per px (its pass's work included); 78 KiB bounds them.
+# The attention (per frame, a chunk's 3 frames in one call) did not show up to 96^2 (CPU SDPA holds no scores): the x4's 8 B
+# per px^2 per frame is kept, times 3. Not measured on a GPU.
+VAE_FIXED = 32 * 2**20
+VAE_PER_PX = 180_000
+VAE_STATE_PER_PX = 78 * 2**10
 
 
 def settle(sample: SampleConfig) -> SampleConfig:
@@ -226,9 +237,9 @@ class Model:
         cost = Cost(
             dtype_bytes=torch.finfo(self.dtype).bits // 8, vae_dtype_bytes=torch.finfo(vae_dtype(self.dtype)).bits // 8,
             rows_per_frame=2 if guided else 1, unet_per_px=UNET_PER_PX,
-            vae_fixed=Cost.vae_fixed * DECODE_FRAMES, vae_per_px=Cost.vae_per_px * DECODE_FRAMES,  # a chunk per decode call
-            vae_attention=Cost.vae_attention * DECODE_FRAMES,
-            vae_state_per_px=Cost.vae_state_per_px * DECODE_FRAMES,  # a chunk's states (the x4's per frame, not measured here)
+            vae_fixed=VAE_FIXED, vae_per_px=VAE_PER_PX,  # a chunk of 3 frames per decode call, measured (VAE_FIXED's comment)
+            vae_attention=Cost.vae_attention * DECODE_FRAMES,  # the x4's per frame: not visible on this CPU
+            vae_state_per_px=VAE_STATE_PER_PX,  # a chunk's states per latent px of the frame, measured
         )
         temporal = s.motion_guidance > 0 or bool(s.propagation_steps)
         self.info = ModelInfo(name="upscale-a-video", scale=SCALE, kind="clip", flow=temporal, generative=True, cost=cost,
