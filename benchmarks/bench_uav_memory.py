@@ -23,29 +23,9 @@ import time
 
 import torch
 
+from bench_mgld_memory import peak_mib  # the same measurement (this folder is on sys.path when run as a script)
+
 FRAMES = 3  # sampling/upscale_a_video.DECODE_FRAMES
-
-
-def rss(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
-
-
-def peak_mib(call, inputs) -> float:
-    """Peak MiB of call(*inputs) above the resident set once the inputs exist."""
-    reset_peak()
-    base = rss("VmRSS")
-    with torch.no_grad():
-        call(*inputs)
-    return round((rss("VmHWM") - base) / 2**20, 1)
 
 
 def video_vae():
