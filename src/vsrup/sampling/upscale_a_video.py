@@ -30,7 +30,7 @@ from vsrup.models.video_unet import to_rows, to_video
 from vsrup.models.video_vae import ResnetPlus
 from vsrup.sampling.tiles import tiled
 from vsrup.sampling.vae_decode import (
-    Moments, Strips, attention_pass, cores, moments, norm_affine, normalise, reach, resnet_passes, run_pass, vae_factor,
+    Moments, Strips, attention_pass, cores, decoder_passes, moments, norm_affine, normalise, reach, resnet_passes, run_pass, vae_factor,
 )
 
 DECODE_FRAMES = 3  # frames decoded together (the published pipeline's short_seq)
@@ -100,20 +100,7 @@ def decode_chunk(vae, z: torch.Tensor, low_res: torch.Tensor, tile: int, overlap
     (x,), m = run_pass(lambda t: (d.conv_in(t),), (rows,), tile, reach(d.conv_in))  # (n, 512, ., w) strips
     if vae.conditioned:
         x, m = condition_passes(d, x, [low_res[:, :, a:b] for a, b in bounds], moments(low_res), tile)
-    x, m = block_passes(d.mid_block.resnets[0], x, m, tile)
-    for attn, resnet in zip(d.mid_block.attentions, d.mid_block.resnets[1:]):
-        if attn is not None:
-            x, m = framewise_attention(attn, x, tile, overlap)
-        x, m = block_passes(resnet, x, m, tile)
-    for block in d.up_blocks:
-        for resnet in block.resnets:
-            x, m = block_passes(resnet, x, m, tile)
-        for upsampler in block.upsamplers or ():
-            (x,), m = run_pass(lambda t: (upsampler(t),), (x,), tile, reach(upsampler.conv), scale=2, consumed=1)
-            tile *= 2  # cores keep covering the same latent px
-    out_norm = norm_affine(d.conv_norm_out, m)
-    (pixels,), _ = run_pass(lambda t: (d.conv_out(d.conv_act(normalise(t, out_norm))),), (x,), tile, reach(d.conv_out), consumed=1)
-    return torch.cat(pixels, dim=2)  # (n, 3, f h, f w)
+    return decoder_passes(d, x, m, tile, overlap, resnet=block_passes, attention=framewise_attention)  # (n, 3, f h, f w)
 
 
 def block_passes(resnet, x: Strips, m: Moments, tile: int) -> tuple[Strips, Moments]:
@@ -144,8 +131,9 @@ def condition_passes(d, x: Strips, low_res: Strips, m_lr: Moments, tile: int) ->
     return x, m
 
 
-def framewise_attention(attn, x: Strips, tile: int, overlap: int) -> tuple[Strips, Moments]:
-    """The mid-block attention frame by frame, each with its own frame's statistics (vae_decode.attention_pass)."""
+def framewise_attention(attn, x: Strips, m: Moments, tile: int, overlap: int) -> tuple[Strips, Moments]:
+    """The mid-block attention frame by frame, each with its own frame's statistics (vae_decode.attention_pass;
+    the chunk's Moments ``m`` are not used)."""
     outs, total = [], None
     for i in range(x[0].shape[0]):
         frame = [strip[i : i + 1] for strip in x]  # (1, C, rows, w) strips

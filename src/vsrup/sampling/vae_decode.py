@@ -104,20 +104,29 @@ def decode_frame(vae, z: Tensor, tile: int, overlap: int) -> Tensor:
     # its input and output at once for about a quarter tile's rows only, for ~3% more conv work at tile 128.
     rows = [z[:, :, a:b] for a, b in cores(z.shape[2], max(1, tile // 4))]
     (x,), m = run_pass(lambda t: (d.conv_in(t),), (rows,), tile, reach(d.conv_in))
-    x, m = resnet_passes(d.mid_block.resnets[0], x, m, tile)
-    for attn, resnet in zip(d.mid_block.attentions, d.mid_block.resnets[1:]):
+    return decoder_passes(d, x, m, tile, overlap)  # (1, C_out, f h, f w)
+
+
+def decoder_passes(d, x: Strips, m: Moments, tile: int, overlap: int, resnet=None, attention=None) -> Tensor:
+    """The decoder ``d`` from its mid block to ``conv_out``, pass by pass on the strips ``x`` (after ``conv_in``) with
+    their Moments ``m`` -> the decoded rows, concatenated (N, C_out, f h, f w). ``resnet`` and ``attention`` run one
+    block on strips (default: ``resnet_passes`` and ``attention_pass``), for decoders whose blocks add to diffusers'."""
+    resnet = resnet or resnet_passes
+    attention = attention or attention_pass
+    x, m = resnet(d.mid_block.resnets[0], x, m, tile)
+    for attn, block in zip(d.mid_block.attentions, d.mid_block.resnets[1:]):
         if attn is not None:
-            x, m = attention_pass(attn, x, m, tile, overlap)
-        x, m = resnet_passes(resnet, x, m, tile)
-    for block in d.up_blocks:
-        for resnet in block.resnets:
-            x, m = resnet_passes(resnet, x, m, tile)
-        for upsampler in block.upsamplers or ():
+            x, m = attention(attn, x, m, tile, overlap)
+        x, m = resnet(block, x, m, tile)
+    for level in d.up_blocks:
+        for block in level.resnets:
+            x, m = resnet(block, x, m, tile)
+        for upsampler in level.upsamplers or ():
             (x,), m = run_pass(lambda t: (upsampler(t),), (x,), tile, reach(upsampler.conv), scale=2, consumed=1)
             tile *= 2  # cores keep covering the same latent px
     out_norm = norm_affine(d.conv_norm_out, m)
     (pixels,), _ = run_pass(lambda t: (d.conv_out(d.conv_act(normalise(t, out_norm))),), (x,), tile, reach(d.conv_out), consumed=1)
-    return torch.cat(pixels, dim=2)  # (1, C_out, f h, f w)
+    return torch.cat(pixels, dim=2)
 
 
 def resnet_passes(resnet, x: Strips, m: Moments, tile: int) -> tuple[Strips, Moments]:
