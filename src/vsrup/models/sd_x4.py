@@ -63,11 +63,12 @@ DEFAULTS = dict(
 )
 
 
-def settle(sample: SampleConfig) -> SampleConfig:
-    """``sample`` with this family's defaults for what the user left unset; UsageError for values it cannot run."""
-    sample = sample.with_defaults(DEFAULTS)
-    if not 0 <= sample.noise_level <= MAX_NOISE_LEVEL:
-        raise UsageError(f"--noise-level must be between 0 and {MAX_NOISE_LEVEL}, got {sample.noise_level}")
+def settle(sample: SampleConfig, defaults: dict = DEFAULTS, max_noise_level: int = MAX_NOISE_LEVEL, model: str = "") -> SampleConfig:
+    """``sample`` with this family's defaults for what the user left unset; UsageError for values it cannot run.
+    A relative of the x4 (upscale-a-video) passes its own defaults, noise range and ``--model`` name."""
+    sample = sample.with_defaults(defaults)
+    if not 0 <= sample.noise_level <= max_noise_level:
+        raise UsageError(f"--noise-level must be between 0 and {max_noise_level}{f' for --model {model}' if model else ''}, got {sample.noise_level}")
     if sample.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {sample.steps}")
     if sample.scheduler not in SCHEDULERS:

@@ -41,17 +41,18 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 
 from vsrup.config import SampleConfig, UpscaleConfig
 from vsrup.device import vae_dtype
-from vsrup.errors import ModelError, UsageError
+from vsrup.errors import ModelError
 from vsrup.events import Emit, Event, ignore
 from vsrup.memory import Cost, MemoryPlan, stage
 from vsrup.models import ModelInfo, Progress, Window, hub, pickles
 from vsrup.models.configs import VAE_DECODE_IN_UNET_EVALS
 from vsrup.models.loading import compile_errors, compile_networks, encode_prompts, loading, placement, to_device
 from vsrup.models.sd_x4 import DEFAULTS as SD_X4_DEFAULTS
+from vsrup.models.sd_x4 import settle as settle_x4
 from vsrup.models.video_unet import UNetVideo
 from vsrup.models.video_vae import VideoAutoencoderKL, published_key
 from vsrup.sampling.noise import generators
-from vsrup.sampling.schedulers import SCHEDULERS, build_scheduler
+from vsrup.sampling.schedulers import build_scheduler
 from vsrup.sampling.sd_x4 import TextEmbeddings, augment, sample_clip
 from vsrup.sampling.temporal import edited_steps, temporal_hook
 from vsrup.sampling.upscale_a_video import DECODE_FRAMES, VideoDenoiser, decode_window
@@ -103,16 +104,7 @@ VAE_STATE_PER_PX = 78 * 2**10
 
 def settle(sample: SampleConfig) -> SampleConfig:
     """``sample`` with Upscale-A-Video's defaults for what the user left unset; UsageError for values it cannot run."""
-    sample = sample.with_defaults(DEFAULTS)
-    if not 0 <= sample.noise_level <= MAX_NOISE_LEVEL:
-        raise UsageError(f"--noise-level must be between 0 and {MAX_NOISE_LEVEL} for --model upscale-a-video, got {sample.noise_level}")
-    if sample.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {sample.steps}")
-    if sample.scheduler not in SCHEDULERS:
-        raise UsageError(f"unknown scheduler {sample.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
-    if any(not 0 <= i < sample.steps for i in sample.propagation_steps):
-        raise UsageError(f"--propagation-steps are loop indices 0..{sample.steps - 1}, got {list(sample.propagation_steps)}")
-    return sample
+    return settle_x4(sample, DEFAULTS, MAX_NOISE_LEVEL, "upscale-a-video")
 
 
 def first(folder: Path, names: tuple[str, ...], what: str) -> Path:
