@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tiny_mgld import lightning_save
 from vsrup.errors import ModelError
 from vsrup.models import pickles
 from vsrup.models.pickles import Inert, converted, read_tensors
 
-LIGHTNING = "pytorch_lightning.callbacks.model_checkpoint"
 
 
 @pytest.fixture
@@ -33,28 +33,7 @@ def weights() -> dict[str, torch.Tensor]:
 
 
 def lightning_checkpoint(path, legacy: bool = False) -> None:
-    """A checkpoint as PyTorch Lightning 1.x writes it: the weights under "state_dict", beside the trainer's
-    state, whose "callbacks" dict is keyed by the callback class itself (so the pickle names Lightning's class)."""
-    modules = {name: types.ModuleType(name) for name in ("pytorch_lightning", "pytorch_lightning.callbacks", LIGHTNING)}
-
-    class ModelCheckpoint:  # what Lightning's class is, as far as the pickle records it: a name
-        pass
-
-    ModelCheckpoint.__module__, ModelCheckpoint.__qualname__ = LIGHTNING, "ModelCheckpoint"
-    modules[LIGHTNING].ModelCheckpoint = ModelCheckpoint
-    saved = {name: sys.modules.get(name) for name in modules}
-    sys.modules.update(modules)
-    try:
-        checkpoint = {"epoch": 7, "global_step": 1234, "state_dict": weights(),
-                      "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5), "best_model_path": "x.ckpt"}},
-                      "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}}}], "lr_schedulers": []}
-        torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
+    lightning_save(weights(), path, legacy=legacy)
 
 
 @pytest.mark.parametrize("legacy", [False, True])

@@ -130,11 +130,13 @@ def open_clip_tensor(key: str, text: dict[str, torch.Tensor], rank: int) -> torc
     return text[p + names[old] + rest[len(old):]].clone()
 
 
-def lightning_save(state: dict[str, torch.Tensor], path: Path, extra: object = None) -> None:
-    """``state`` as PyTorch Lightning 1.x writes a checkpoint (``extra``: one more object in the trainer's state)."""
+def lightning_save(state: dict[str, torch.Tensor], path: Path, extra: object = None, *, legacy: bool = False) -> None:
+    """``state`` as PyTorch Lightning 1.x writes a checkpoint: the weights under "state_dict", beside the trainer's
+    state, whose "callbacks" dict is keyed by the callback class itself (so the pickle names Lightning's class).
+    ``extra``: one more object in the trainer's state; ``legacy``: torch's pre-zip pickle format."""
     modules = {name: types.ModuleType(name) for name in ("pytorch_lightning", "pytorch_lightning.callbacks", LIGHTNING)}
 
-    class ModelCheckpoint:  # the name the pickle records
+    class ModelCheckpoint:  # what Lightning's class is, as far as the pickle records it: a name
         pass
 
     ModelCheckpoint.__module__, ModelCheckpoint.__qualname__ = LIGHTNING, "ModelCheckpoint"
@@ -142,12 +144,13 @@ def lightning_save(state: dict[str, torch.Tensor], path: Path, extra: object = N
     saved = {name: sys.modules.get(name) for name in modules}
     sys.modules.update(modules)
     try:
-        checkpoint = {"epoch": 0, "global_step": 42000, "pytorch-lightning_version": "1.4.2",
+        checkpoint = {"epoch": 7, "global_step": 42000, "pytorch-lightning_version": "1.4.2",
                       "state_dict": {k: v for k, v in state.items() if v is not None},
-                      "callbacks": {ModelCheckpoint: {"best_model_score": None}}, "optimizer_states": [], "lr_schedulers": []}
+                      "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5), "best_model_path": "x.ckpt"}},
+                      "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}}}], "lr_schedulers": []}
         if extra is not None:
             checkpoint["extra"] = extra
-        torch.save(checkpoint, path)
+        torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)
     finally:
         for name, module in saved.items():
             if module is None:
